@@ -1,0 +1,215 @@
+"""Find, read and validate the four MRI sequences of one case and put them on the T1ce grid.
+
+Inputs are four files, a folder with BraTS 2017-2021 (``*_t1``, ``*_t1ce``,
+``*_t2``, ``*_flair``) or BraTS 2023+ (``*-t1n``, ``*-t1c``, ``*-t2w``, ``*-t2f``)
+names, or one 4D image in the Medical Segmentation Decathlon Task01 channel order
+(FLAIR, T1w, T1gd, T2w). NIfTI, NRRD and MetaImage are read with SimpleITK
+(``.nii.bz2``, as the shared BraTS copies are stored, is decompressed first).
+Every problem is an :class:`InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import overlap_fraction, resample_to, same_grid
+
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+REFERENCE_MODALITY = "t1ce"
+DISPLAY_NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+
+# File-name endings (before the extension) of each modality, BraTS 2017-2021 then 2023+.
+NAME_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "t1": ("_t1", "-t1n"),
+    "t1ce": ("_t1ce", "-t1c"),
+    "t2": ("_t2", "-t2w"),
+    "flair": ("_flair", "-t2f"),
+}
+MSD_CHANNEL_ORDER: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii.bz2", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Case:
+    """Four co-registered sequences on the reference (T1ce) grid.
+
+    ``data`` is float32, shape ``(4, k, j, i)`` in :data:`MODALITIES` order, indexed
+    like ``sitk.GetArrayFromImage(reference)``; ``reference`` carries the grid.
+    """
+
+    reference: sitk.Image
+    data: np.ndarray
+    sources: dict[str, str] = field(default_factory=dict)
+    resampled: list[str] = field(default_factory=list)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.reference.GetSpacing())) / 1000.0
+
+
+def image_extension(path: Path) -> str | None:
+    """The recognised image extension of ``path`` (lower case), or None."""
+    name = path.name.lower()
+    return next((ext for ext in IMAGE_EXTENSIONS if name.endswith(ext)), None)
+
+
+def modality_of(path: Path) -> str | None:
+    """The modality a BraTS-style file name declares, or None (ground truth ``_seg`` files are None)."""
+    ext = image_extension(path)
+    if ext is None:
+        return None
+    stem = path.name[: -len(ext)].lower()
+    for modality, suffixes in NAME_SUFFIXES.items():
+        if stem.endswith(suffixes):
+            return modality
+    return None
+
+
+def find_modalities(folder: Path) -> dict[str, Path]:
+    """The four modality files in a BraTS-named folder; InputError when one is missing or doubled."""
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    found: dict[str, list[Path]] = {m: [] for m in MODALITIES}
+    for path in sorted(folder.iterdir()):
+        modality = modality_of(path)
+        if modality is not None and path.is_file():
+            found[modality].append(path)
+    for modality, paths in found.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            raise InputError(folder, f"more than one {DISPLAY_NAMES[modality]} image: {names}")
+    missing = [m for m in MODALITIES if not found[m]]
+    if missing:
+        wanted = ", ".join(f"{DISPLAY_NAMES[m]} (*{NAME_SUFFIXES[m][0]} or *{NAME_SUFFIXES[m][1]})" for m in missing)
+        raise InputError(folder, f"no image found for {wanted}")
+    return {m: paths[0] for m, paths in found.items()}
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read one image with SimpleITK; InputError if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found" if not path.exists() else "not a file")
+    if image_extension(path) is None:
+        raise InputError(path, f"unsupported file type; expected one of {', '.join(IMAGE_EXTENSIONS)}")
+    try:
+        if path.name.lower().endswith(".nii.bz2"):
+            return _read_bz2_nifti(path)
+        return sitk.ReadImage(str(path))
+    except (RuntimeError, OSError, EOFError) as error:
+        raise InputError(path, f"cannot read image ({_first_line(error)})") from None
+
+
+def _read_bz2_nifti(path: Path) -> sitk.Image:
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "image.nii"
+        with bz2.open(path, "rb") as source, open(plain, "wb") as target:
+            while chunk := source.read(1 << 22):
+                target.write(chunk)
+        return sitk.ReadImage(str(plain))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # ITK messages carry the source location first; the description is the last line.
+    detail = lines[-1] if lines else type(error).__name__
+    return detail.removeprefix("Description: ").removeprefix("ITK ERROR: ")[:200]
+
+
+def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
+    """Validate a scalar 3D volume; returns its voxels as float32 (SimpleITK order)."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path,
+            f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector image); "
+            "expected a scalar MRI volume",
+        )
+    size = image.GetSize()
+    if image.GetDimension() != 3 or min(size) < 2:
+        shape = "x".join(str(s) for s in size)
+        raise InputError(path, f"image is {image.GetDimension()}D with size {shape}; expected a 3D volume")
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise InputError(path, "image contains NaN or infinite voxel values")
+    if not array.any():
+        raise InputError(path, "image is all zeros")
+    return array
+
+
+def load_case(paths: Mapping[str, str | Path]) -> Case:
+    """Load four modality files (keys of :data:`MODALITIES`) onto the T1ce grid."""
+    missing = [m for m in MODALITIES if not paths.get(m)]
+    if missing:
+        raise InputError("inputs", f"missing {', '.join(DISPLAY_NAMES[m] for m in missing)} image")
+    images = {m: read_image(paths[m]) for m in MODALITIES}
+    arrays = {m: check_volume(images[m], paths[m]) for m in MODALITIES}
+    reference = images[REFERENCE_MODALITY]
+    resampled = []
+    for modality in MODALITIES:
+        image = images[modality]
+        if same_grid(image, reference):
+            continue
+        if overlap_fraction(image, reference) <= 0.0:
+            raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")
+        moved = resample_to(sitk.Cast(image, sitk.sitkFloat32), reference)
+        arrays[modality] = sitk.GetArrayFromImage(moved)
+        if not arrays[modality].any():
+            raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")
+        resampled.append(modality)
+    data = np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False)
+    grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(reference)
+    return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled)
+
+
+def load_case_4d(path: str | Path) -> Case:
+    """Load one 4D image whose channels are FLAIR, T1w, T1gd, T2w (Medical Segmentation Decathlon Task01)."""
+    image = read_image(path)
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        if size[3] != 4:
+            raise InputError(path, f"4D image has {size[3]} channels; expected 4 (FLAIR, T1w, T1gd, T2w)")
+        channels = [sitk.Extract(image, (*size[:3], 0), (0, 0, 0, c)) for c in range(4)]
+    elif image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() == 4:
+        channels = [sitk.VectorIndexSelectionCast(image, c) for c in range(4)]
+    else:
+        raise InputError(path, "expected a 4D image with 4 channels (FLAIR, T1w, T1gd, T2w)")
+    arrays = {
+        m: check_volume(ch, f"{path} (channel {c}, {DISPLAY_NAMES[m]})")
+        for c, (m, ch) in enumerate(zip(MSD_CHANNEL_ORDER, channels, strict=True))
+    }
+    reference = channels[MSD_CHANNEL_ORDER.index(REFERENCE_MODALITY)]
+    grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(reference)
+    data = np.stack([arrays[m] for m in MODALITIES])
+    return Case(grid, data, {m: f"{path}#{MSD_CHANNEL_ORDER.index(m)}" for m in MODALITIES})
+
+
+def resolve_inputs(input_path: str | Path | None = None, **files: str | Path | None) -> Case:
+    """Load a case from a folder, a 4D file, or explicit per-modality files (``t1=``, ``t1ce=``, ...)."""
+    explicit = {m: files.get(m) for m in MODALITIES if files.get(m)}
+    if input_path is not None and explicit:
+        raise InputError(input_path, "give either an input folder/4D file or the four --t1/--t1ce/--t2/--flair files, not both")
+    if explicit:
+        return load_case(explicit)
+    if input_path is None:
+        raise InputError("inputs", "no input given; use --input FOLDER, --t1/--t1ce/--t2/--flair FILES, or --sample")
+    path = Path(input_path)
+    if path.is_dir():
+        images = [p for p in sorted(path.iterdir()) if p.is_file() and image_extension(p)]
+        named = [p for p in images if modality_of(p)]
+        if not named and len(images) == 1:
+            return load_case_4d(images[0])
+        return load_case(find_modalities(path))
+    if not path.exists():
+        raise InputError(path, "file or folder not found")
+    return load_case_4d(path)

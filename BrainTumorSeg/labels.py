@@ -1,0 +1,107 @@
+"""Label conventions, BraTS regions, segment names, colors and standard terminology.
+
+Inside the package a label map always uses the *internal* indices
+0 background, 1 necrotic / non-enhancing tumor core (NCR/NET), 2 edema (ED),
+3 enhancing tumor (ET). Files are written and read in a named convention:
+
+- ``brats2017`` (BraTS 2017-2021): 1 NCR/NET, 2 ED, 4 ET
+- ``brats2023`` (BraTS 2023+):      1 NETC,    2 SNFH, 3 ET
+
+Regions (Menze et al., IEEE TMI 2015): whole tumor WT = NCR + ED + ET,
+tumor core TC = NCR + ET, enhancing tumor ET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NCR, ED, ET = 1, 2, 3
+
+CONVENTIONS: dict[str, tuple[int, int, int]] = {
+    "brats2017": (1, 2, 4),
+    "brats2023": (1, 2, 3),
+}
+
+REGIONS: dict[str, tuple[int, ...]] = {
+    "WT": (NCR, ED, ET),
+    "TC": (NCR, ET),
+    "ET": (ET,),
+}
+
+# SNOMED CT codes as used by Slicer extensions (DESIGN.md section 5).
+_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
+_ANATOMY = "SCT^12738006^Brain"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One output segment: internal label, display name, color and terminology code."""
+
+    label: int
+    key: str
+    name: str
+    color: tuple[int, int, int]
+    type_code: str
+
+    @property
+    def terminology(self) -> str:
+        """The segment's terminology entry as 3D Slicer serializes it in a .seg.nrrd."""
+        return (
+            "Segmentation category and type - 3D Slicer General Anatomy list"
+            f"~{_CATEGORY}~{self.type_code}~^^"
+            f"~Anatomic codes - DICOM master list~{_ANATOMY}~^^"
+        )
+
+
+SEGMENTS: tuple[Segment, ...] = (
+    # Colors: DICOM master list recommendations for necrosis and edema; the
+    # neoplasm has none there, so an amber that stands out from both.
+    Segment(NCR, "necrosis", "Necrotic and non-enhancing tumor core", (216, 191, 216), "SCT^6574001^Necrosis"),
+    Segment(ED, "edema", "Edema", (140, 224, 228), "SCT^79654002^Edema"),
+    Segment(ET, "enhancing", "Enhancing tumor", (255, 176, 0), "SCT^86049000^Neoplasm, Primary"),
+)
+
+
+def check_convention(convention: str) -> tuple[int, int, int]:
+    """File label values (NCR, ED, ET) of a convention, or ValueError naming the choices."""
+    try:
+        return CONVENTIONS[convention]
+    except KeyError:
+        raise ValueError(f"unknown label convention {convention!r}; choose one of {', '.join(CONVENTIONS)}") from None
+
+
+def to_convention(internal: np.ndarray, convention: str = "brats2017") -> np.ndarray:
+    """Internal labels -> file labels of ``convention`` (uint8)."""
+    lut = np.array((0, *check_convention(convention)), dtype=np.uint8)
+    return lut[internal]
+
+
+def from_convention(labels: np.ndarray, convention: str = "brats2017") -> np.ndarray:
+    """File labels of ``convention`` -> internal labels; unknown values raise ValueError."""
+    values = check_convention(convention)
+    internal = np.zeros(labels.shape, dtype=np.uint8)
+    known = labels == 0
+    for index, value in enumerate(values, start=1):
+        hit = labels == value
+        internal[hit] = index
+        known |= hit
+    if not known.all():
+        extra = sorted(set(np.unique(labels[~known]).tolist()))
+        raise ValueError(f"label values {extra} are not in the {convention} convention (0, {values})")
+    return internal
+
+
+def region_masks(internal: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean WT / TC / ET masks of an internal label map."""
+    return {name: np.isin(internal, members) for name, members in REGIONS.items()}
+
+
+def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndarray:
+    """Nested region masks -> internal labels. ET wins over TC, TC over WT (regions are nested)."""
+    labels = np.zeros(wt.shape, dtype=np.uint8)
+    labels[wt] = ED
+    labels[tc] = NCR
+    labels[et] = ET
+    return labels

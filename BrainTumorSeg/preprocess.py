@@ -1,0 +1,72 @@
+"""Brain mask, crop to the brain, and per-channel z-score inside the mask.
+
+Operates on canonical RAS arrays ``(C, x, y, z)`` (see :mod:`geometry`).
+BraTS volumes are skull-stripped, so the brain is where any sequence is non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A box inside a full array: per-axis (start, stop) and the full shape."""
+
+    box: tuple[tuple[int, int], ...]
+    full_shape: tuple[int, ...]
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in self.box)
+
+    def paste(self, cropped: np.ndarray, fill: float = 0) -> np.ndarray:
+        """Put a cropped array (any leading channel axes) back into the full spatial shape."""
+        lead = cropped.shape[: cropped.ndim - len(self.full_shape)]
+        full = np.full((*lead, *self.full_shape), fill, dtype=cropped.dtype)
+        full[(..., *self.slices)] = cropped
+        return full
+
+
+def brain_mask(data: np.ndarray) -> np.ndarray:
+    """Voxels where any channel is non-zero."""
+    return np.any(data != 0, axis=0)
+
+
+def bounding_crop(mask: np.ndarray, margin: int = 2) -> Crop:
+    """The smallest box holding every true voxel of ``mask``, grown by ``margin`` voxels."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append((max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
+    return Crop(tuple(box), mask.shape)
+
+
+def zscore(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each channel minus its mean, over its standard deviation, inside ``mask``; zero outside."""
+    out = np.zeros(data.shape, dtype=np.float32)
+    for c, channel in enumerate(data):
+        values = channel[mask]
+        std = float(values.std())
+        out[c][mask] = (values - values.mean()) / (std if std > 0 else 1.0)
+    return out
+
+
+@dataclass
+class Prepared:
+    """Network input: normalised channels cropped to the brain, with what is needed to undo the crop."""
+
+    data: np.ndarray
+    mask: np.ndarray
+    crop: Crop
+
+
+def prepare(canonical: np.ndarray, margin: int = 2) -> Prepared:
+    """Mask, crop and z-score a canonical ``(C, x, y, z)`` case."""
+    mask = brain_mask(canonical)
+    crop = bounding_crop(mask, margin)
+    cropped_mask = mask[crop.slices]
+    return Prepared(zscore(canonical[(slice(None), *crop.slices)], cropped_mask), cropped_mask, crop)
