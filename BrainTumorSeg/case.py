@@ -11,11 +11,16 @@ Every problem is an :class:`InputError` naming the file.
 from __future__ import annotations
 
 import bz2
+import gzip
+import io
+import shutil
 import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -98,23 +103,68 @@ def read_image(path: str | Path) -> sitk.Image:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found" if not path.exists() else "not a file")
-    if image_extension(path) is None:
+    ext = image_extension(path)
+    if ext is None:
         raise InputError(path, f"unsupported file type; expected one of {', '.join(IMAGE_EXTENSIONS)}")
     try:
-        if path.name.lower().endswith(".nii.bz2"):
-            return _read_bz2_nifti(path)
-        return sitk.ReadImage(str(path))
-    except (RuntimeError, OSError, EOFError) as error:
+        if ext == ".nii.bz2" or (ext in (".nii", ".nii.gz") and path.name[-len(ext) :] not in (ext, ext.upper())):
+            return _read_nifti_copy(path, ext)
+        # ITK picks its reader by (lower-case) extension; name it so ``.MHA``/``.MHD`` read too.
+        image = sitk.ReadImage(str(path), imageIO=_IMAGE_IO.get(ext, ""))
+        if ext in (".nii", ".nii.gz"):
+            _check_nifti_data(path, path)
+        return image
+    except (RuntimeError, OSError, EOFError, zlib.error) as error:
         raise InputError(path, f"cannot read image ({_first_line(error)})") from None
 
 
-def _read_bz2_nifti(path: Path) -> sitk.Image:
+_IMAGE_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+
+
+def _read_nifti_copy(path: Path, ext: str) -> sitk.Image:
+    """Read a NIfTI through a temporary copy: ``.nii.bz2`` decompressed, and mixed-case extensions
+    (``.Nii.Gz``), which the NIfTI library refuses with messages on stderr, under a lower-case name."""
     with tempfile.TemporaryDirectory() as tmp:
-        plain = Path(tmp) / "image.nii"
-        with bz2.open(path, "rb") as source, open(plain, "wb") as target:
-            while chunk := source.read(1 << 22):
-                target.write(chunk)
-        return sitk.ReadImage(str(plain))
+        plain = Path(tmp) / ("image.nii" if ext == ".nii.bz2" else f"image{ext}")
+        with (bz2.open if ext == ".nii.bz2" else open)(path, "rb") as source, open(plain, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 22)
+        image = sitk.ReadImage(str(plain))
+        _check_nifti_data(plain, path)
+        return image
+
+
+def _check_nifti_data(file: Path, path: Path) -> None:
+    """InputError naming ``path`` for what ITK 5 hides when it reads the NIfTI ``file``.
+
+    ITK reads a short NIfTI (plain or gzipped) without complaint, zeros where the data end, and
+    replaces NaN and infinite voxels with 0 (ITK pull request 6683, fixed in ITK 6).
+    """
+    compressed = file.name.lower().endswith(".gz")
+    with (gzip.open if compressed else open)(file, "rb") as stream:
+        head = stream.read(540)
+        kind = nib.Nifti2Header if head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Header
+        try:  # the header only, not its extensions
+            header = kind.from_fileobj(io.BytesIO(head[: kind.sizeof_hdr]), check=False)
+            offset, dtype = int(header["vox_offset"]), header.get_data_dtype()
+            count = int(np.prod(header.get_data_shape()))
+        except Exception:  # a header ITK read but nibabel cannot parse: nothing to compare against
+            return
+        floating = dtype.kind in "fc"
+        try:
+            if floating:
+                data = head + stream.read()
+                size = len(data)
+            elif compressed:
+                size = len(head) + sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 22), b""))
+            else:
+                size = file.stat().st_size
+        except EOFError:
+            raise InputError(path, "file is truncated (the compressed data ends early)") from None
+    expected = offset + count * dtype.itemsize
+    if size < expected:
+        raise InputError(path, f"file is truncated ({size} of {expected} bytes)")
+    if floating and not np.isfinite(np.frombuffer(data, dtype=dtype, count=count, offset=offset)).all():
+        raise InputError(path, "image contains NaN or infinite voxel values")
 
 
 def _first_line(error: BaseException) -> str:
@@ -136,7 +186,8 @@ def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
     size = image.GetSize()
     if image.GetDimension() != 3 or min(size) < 2:
         shape = "x".join(str(s) for s in size)
-        raise InputError(path, f"image is {image.GetDimension()}D with size {shape}; expected a 3D volume")
+        dimension = sum(s > 1 for s in size)  # a single-slice 3D file is a 2D image
+        raise InputError(path, f"image is {dimension}D (size {shape}); expected a 3D volume")
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise InputError(path, "image contains NaN or infinite voxel values")

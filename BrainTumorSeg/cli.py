@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # ITK prints its own warnings to stderr; problems reach the user as one InputError line instead.
+    sitk.ProcessObject.SetGlobalWarningDisplay(args.verbose)
     try:
         return run_segment(args) if args.command == "segment" else run_models(args)
     except InputError as error:
