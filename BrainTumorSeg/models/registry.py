@@ -21,10 +21,21 @@ from torch import nn
 
 from ..errors import InputError
 from ..resources import resources_dir
+from .fcdensenet import FCDenseNet
+from .havaei import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN, TwoPathCNN
+from .pspnet import PSPNet
+from .segresnet import SegResNet
 from .unet import UNet2D
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet2d": UNet2D,
+    "twopathcnn": TwoPathCNN,
+    "inputcascadecnn": InputCascadeCNN,
+    "localcascadecnn": LocalCascadeCNN,
+    "mfcascadecnn": MFCascadeCNN,
+    "fcdensenet": FCDenseNet,
+    "pspnet": PSPNet,
+    "segresnet": SegResNet,
 }
 MODELS_ENV = "BRAIN_TUMOR_SEG_MODELS"
 

@@ -11,6 +11,7 @@ cropped back, so class scores always have the input's spatial size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,10 @@ class UNet2D(nn.Module):
         features: channels at each level, shallowest first (the paper: 64, 128, 256, 512, 1024).
         dropout: channel dropout after the deepest block (the paper's "drop-out layers at the end of the contracting path").
     """
+
+    citation: ClassVar[str] = (
+        "Ronneberger et al., U-Net: Convolutional Networks for Biomedical Image Segmentation, MICCAI 2015 (arXiv:1505.04597)"
+    )
 
     def __init__(
         self,
