@@ -67,3 +67,19 @@ def predict_slices(
             progress(int(index[-1]) + 1, total)
     probabilities = torch.cat(outputs).movedim(0, 1 + axis_index)  # (K, x, y, z)
     return probabilities.numpy()
+
+
+FLIPS = {"none": (), "x": ((0,),), "xy": ((0,), (1,), (0, 1))}
+
+
+def predict_with_flips(predict: Callable[[np.ndarray], np.ndarray], volume: np.ndarray, flips: str = "none") -> np.ndarray:
+    """Test-time augmentation: the mean of ``predict`` over the volume and its mirror images.
+
+    ``flips`` names the canonical axes to mirror: ``none``, ``x`` (left-right), ``xy`` (all
+    in-plane combinations). Each mirrored prediction is mirrored back before averaging.
+    """
+    total = predict(volume)
+    for axes in FLIPS[flips]:
+        spatial = tuple(1 + a for a in axes)
+        total += np.flip(predict(np.flip(volume, spatial)), spatial)
+    return total / (1 + len(FLIPS[flips]))

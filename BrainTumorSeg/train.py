@@ -36,6 +36,7 @@ from .metrics import region_dice
 from .models.registry import ModelCard, save_weights
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare
+from .validation import truth_file
 
 log = logging.getLogger("brain_tumor_seg.train")
 
@@ -58,14 +59,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
-
-
-def truth_file(folder: Path) -> Path:
-    """The ground-truth label file of a BraTS-named case folder (``*_seg`` or ``*-seg``)."""
-    hits = [p for p in sorted(folder.iterdir()) if p.name.lower().split(".")[0].endswith(("_seg", "-seg"))]
-    if len(hits) != 1:
-        raise FileNotFoundError(f"{folder}: expected one *_seg or *-seg file, found {len(hits)}")
-    return hits[0]
 
 
 def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase:

@@ -1,0 +1,75 @@
+"""Validation Dice of a model card on its own validation split, through the shipping inference path.
+
+Each validation case is read from its files, segmented exactly as `brain-tumor-seg segment`
+does (same preprocessing, precision and test-time mirroring as the card declares), and
+compared with its ground truth by BraTS region Dice. ``--write`` stores the result in the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .case import read_image, resolve_inputs
+from .labels import from_convention
+from .metrics import region_dice
+from .models.registry import ModelCard, get_model
+from .pipeline import segment_case
+
+
+def truth_file(folder: Path) -> Path:
+    """The ground-truth label file of a BraTS-named case folder (``*_seg`` or ``*-seg``)."""
+    hits = [p for p in sorted(folder.iterdir()) if p.name.lower().split(".")[0].endswith(("_seg", "-seg"))]
+    if len(hits) != 1:
+        raise FileNotFoundError(f"{folder}: expected one *_seg or *-seg file, found {len(hits)}")
+    return hits[0]
+
+
+def validate(
+    card: ModelCard, data: Path, flips: str | None = None, precision: str = "auto", convention: str = "brats2017"
+) -> dict[str, Any]:
+    """Mean and per-case region Dice, and mean seconds per case, on the card's validation cases."""
+    network = card.load()
+    per_case, seconds = {}, []
+    for case_id in card.training["split"]["validation"]:
+        folder = data / case_id
+        started = time.perf_counter()
+        case = resolve_inputs(folder)
+        labels = segment_case(case, card, network, device="cpu", precision=precision, flips=flips)
+        seconds.append(time.perf_counter() - started)
+        truth = from_convention(sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16), convention)
+        per_case[case_id] = {k: round(v, 4) for k, v in region_dice(labels, truth).items()}
+    mean = {k: round(float(np.mean([d[k] for d in per_case.values()])), 4) for k in ("WT", "TC", "ET")}
+    return {"dice": mean, "per_case": per_case, "seconds_per_case": round(float(np.mean(seconds)), 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="brain-tumor-seg validate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model id (default: the default model)")
+    parser.add_argument("--models-dir", action="append", default=[], metavar="DIR")
+    parser.add_argument("--data", required=True, type=Path, help="folder of BraTS-named case folders")
+    parser.add_argument("--tta", choices=("none", "x", "xy"), help="test-time mirroring (default: the card's)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--write", action="store_true", help="store the result in the model card")
+    args = parser.parse_args(argv)
+    card = get_model(args.model, args.models_dir)
+    result = validate(card, args.data, args.tta, args.precision)
+    for case_id, scores in result["per_case"].items():
+        print(f"{case_id:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    print(f"{'mean':<24} " + "  ".join(f"{k} {v:.4f}" for k, v in result["dice"].items()))
+    print(f"seconds per case (read + segment): {result['seconds_per_case']}")
+    if args.write:
+        card.validation.update(result, flips=args.tta or card.inference.get("flips", "none"))
+        card.write(card.path)
+        print(f"wrote {card.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

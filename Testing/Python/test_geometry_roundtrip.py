@@ -1,0 +1,122 @@
+"""Output label maps land on the input's exact grid, whatever the input's orientation.
+
+Three versions of the real sample case: as stored (LPS), the same voxels re-stored
+in RAS order, and the stored voxels under an oblique direction matrix. The network
+sees the same canonical array in all three, so the label maps must map back onto
+each other voxel for voxel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSeg.case import MODALITIES, resolve_inputs
+from BrainTumorSeg.cli import main
+from BrainTumorSeg.geometry import Reorientation
+from BrainTumorSeg.pipeline import segment_case
+
+
+def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+
+
+def ras_copy(image: sitk.Image) -> sitk.Image:
+    """The same voxels stored with i running toward Right and j toward Anterior (the image is LPS-stored)."""
+    array = sitk.GetArrayFromImage(image)[:, ::-1, ::-1]
+    size = image.GetSize()
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    out.SetSpacing(image.GetSpacing())
+    out.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    out.SetOrigin(image.TransformIndexToPhysicalPoint((size[0] - 1, size[1] - 1, 0)))
+    return out
+
+
+def oblique_copy(image: sitk.Image, degrees: float = 12.0) -> sitk.Image:
+    """The same voxel array under a direction matrix rotated about two axes."""
+    a, b = np.radians(degrees), np.radians(degrees / 2)
+    rot_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    direction = rot_z @ rot_x @ np.asarray(image.GetDirection()).reshape(3, 3)
+    out = sitk.Image(image)
+    out.SetDirection(direction.ravel().tolist())
+    return out
+
+
+def write_case(folder: Path, sample_dir: Path, transform, extension: str) -> Path:
+    folder.mkdir()
+    for modality in MODALITIES:
+        image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
+        sitk.WriteImage(transform(image), str(folder / f"copy_{modality}{extension}"))
+    return folder
+
+
+def test_stored_lps_output_has_the_reference_grid(tmp_path, sample_dir, sample_labels, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", "--input", str(sample_dir), "--out", str(out), "--precision", "fp32"]) == 0
+    reference = sitk.ReadImage(str(next(sample_dir.glob("*_t1ce.nii.gz"))))
+    written = sitk.ReadImage(str(out / f"{sample_dir.name}_seg.nii.gz"))
+    assert_same_grid(written, reference)
+    labels = sitk.GetArrayFromImage(written)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    np.testing.assert_array_equal(labels, np.array([0, 1, 2, 4], np.uint8)[sample_labels])
+
+
+@pytest.mark.parametrize("kind, extension", [("ras", ".nii.gz"), ("oblique", ".nrrd")])
+def test_reoriented_copies_map_back_voxel_for_voxel(
+    tmp_path, sample_dir, sample_labels, default_card, default_network, kind, extension
+):
+    transform = ras_copy if kind == "ras" else oblique_copy
+    folder = write_case(tmp_path / kind, sample_dir, transform, extension)
+    case = resolve_inputs(folder)
+    assert case.resampled == []  # one grid for all four: nothing is resampled
+    stored = sitk.ReadImage(str(folder / f"copy_t1ce{extension}"))
+    assert_same_grid(case.reference, stored)
+    labels = segment_case(case, default_card, default_network, device="cpu", precision="fp32")
+    assert labels.shape == sitk.GetArrayFromImage(stored).shape
+    back = labels[:, ::-1, ::-1] if kind == "ras" else labels
+    np.testing.assert_array_equal(back, sample_labels)
+    assert sample_labels.any()
+
+
+def test_reorientation_is_a_permutation_even_at_45_degrees(sample_dir):
+    image = sitk.ReadImage(str(next(sample_dir.glob("*_t1ce.nii.gz"))))
+    tilted = oblique_copy(image, degrees=45.0)
+    orientation = Reorientation.of(tilted)
+    assert sorted(orientation.source_axis) == [0, 1, 2]
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    np.testing.assert_array_equal(orientation.from_canonical(orientation.to_canonical(array)), array)
+
+
+def test_lps_stored_brats_is_flipped_in_x_and_y_to_reach_ras(sample_case):
+    orientation = Reorientation.of(sample_case.reference)
+    assert orientation.source_axis == (2, 1, 0)
+    assert orientation.flip == (True, True, False)
+
+
+def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sample_dir, sample_case):
+    """A T2 stored at 2 mm spacing over the same field of view is resampled back onto the T1ce grid."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for modality in MODALITIES:
+        image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
+        if modality == "t2":
+            coarse = [s * 2 for s in image.GetSpacing()]
+            size = [s // 2 for s in image.GetSize()]
+            origin = image.TransformContinuousIndexToPhysicalPoint((0.5, 0.5, 0.5))
+            image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, coarse, image.GetDirection(), 0.0)
+        sitk.WriteImage(image, str(folder / f"mixed_{modality}.nii.gz"))
+    case = resolve_inputs(folder)
+    assert case.resampled == ["t2"]
+    assert_same_grid(case.reference, sample_case.reference)
+    t2 = MODALITIES.index("t2")
+    original, resampled = sample_case.data[t2], case.data[t2]
+    brain = original > 0
+    # Down- then up-sampling blurs, but voxels must stay where they were: strong correlation inside the brain.
+    assert np.corrcoef(original[brain], resampled[brain])[0, 1] > 0.9

@@ -1,0 +1,107 @@
+"""The three outputs of `segment`: NIfTI labels, Slicer .seg.nrrd, volumes JSON; and the shipped model's Dice."""
+
+from __future__ import annotations
+
+import json
+
+import nrrd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSeg.cli import main
+from BrainTumorSeg.export import volumes_ml, write_outputs
+from BrainTumorSeg.labels import SEGMENTS, from_convention
+from BrainTumorSeg.metrics import region_dice
+from BrainTumorSeg.pipeline import segment_case
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, sample_case, sample_labels):
+    folder = tmp_path_factory.mktemp("outputs")
+    paths = write_outputs(folder, "sample", sample_labels, sample_case.reference, "test-model", sample_case.sources, "brats2017")
+    return folder, paths
+
+
+def test_seg_nrrd_reads_back_with_names_colors_terminology_and_labels(written, sample_case, sample_labels):
+    _, paths = written
+    data, header = nrrd.read(str(paths["segmentation"]), index_order="C")
+    np.testing.assert_array_equal(data, sample_labels)
+    assert header["space"] == "left-posterior-superior"
+    assert header["Segmentation_MasterRepresentation"] == "Binary labelmap"
+    expected = {
+        "Necrotic and non-enhancing tumor core": (1, "0.847059 0.749020 0.847059", "SCT^6574001^Necrosis"),
+        "Edema": (2, "0.549020 0.878431 0.894118", "SCT^79654002^Edema"),
+        "Enhancing tumor": (3, "1.000000 0.690196 0.000000", "SCT^86049000^Neoplasm, Primary"),
+    }
+    found = {}
+    for n in range(len(SEGMENTS)):
+        tags = header[f"Segment{n}_Tags"]
+        assert "SCT^49755003^Morphologically Altered Structure" in tags and "SCT^12738006^Brain" in tags
+        code = tags.split("~")[2]
+        found[header[f"Segment{n}_Name"]] = (int(header[f"Segment{n}_LabelValue"]), header[f"Segment{n}_Color"], code)
+        extent = [int(v) for v in header[f"Segment{n}_Extent"].split()]
+        mask = sample_labels == int(header[f"Segment{n}_LabelValue"])
+        if mask.any():
+            k, j, i = np.nonzero(mask)
+            assert extent == [i.min(), i.max(), j.min(), j.max(), k.min(), k.max()]
+    assert found == expected
+    # SimpleITK (as Slicer, through ITK) sees the reference grid.
+    image = sitk.ReadImage(str(paths["segmentation"]))
+    reference = sample_case.reference
+    assert image.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-6)
+
+
+def test_volumes_json_matches_voxel_counts(written, sample_case, sample_labels):
+    _, paths = written
+    info = json.loads(paths["volumes"].read_text())
+    voxel_ml = float(np.prod(sample_case.reference.GetSpacing())) / 1000
+    counts = np.bincount(sample_labels.ravel(), minlength=4)
+    assert info["model"] == "test-model"
+    assert info["inputs"] == sample_case.sources
+    assert info["volumes_ml"]["edema"] == pytest.approx(counts[2] * voxel_ml, abs=1e-3)
+    assert info["volumes_ml"]["WT"] == pytest.approx(counts[1:].sum() * voxel_ml, abs=1e-3)
+    assert info["volumes_ml"]["TC"] == pytest.approx((counts[1] + counts[3]) * voxel_ml, abs=1e-3)
+    assert info["volumes_ml"]["ET"] == pytest.approx(counts[3] * voxel_ml, abs=1e-3)
+    assert info["labels"]["enhancing"]["value"] == 4
+    assert volumes_ml(np.zeros((2, 2, 2), np.uint8), 1.0)["WT"] == 0.0
+
+
+def test_brats2023_labels_on_request(tmp_path, sample_dir, sample_labels, capsys):
+    out = tmp_path / "out2023"
+    assert main(["segment", "--input", str(sample_dir), "--out", str(out), "--labels", "brats2023", "--precision", "fp32"]) == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{sample_dir.name}_seg.nii.gz")))
+    np.testing.assert_array_equal(from_convention(labels, "brats2023"), sample_labels)
+    assert 4 not in np.unique(labels)
+    assert json.loads((out / f"{sample_dir.name}_volumes.json").read_text())["labels"]["enhancing"]["value"] == 3
+
+
+def test_shipped_default_model_reaches_wt_dice_080_on_the_sample(sample_labels, sample_truth, default_card):
+    dice = region_dice(sample_labels, sample_truth)
+    assert dice["WT"] >= 0.80, dice
+    assert default_card.inference["mode"] == "slices" and default_card.inference["axis"] == "axial"
+
+
+def test_sample_is_a_validation_case_of_the_default_model(sample_dir, default_card):
+    split = default_card.training["split"]
+    assert sample_dir.name in split["validation"]
+    assert sample_dir.name not in split["train"]
+
+
+def test_bf16_changes_fewer_than_0_1_percent_of_labels(sample_case, sample_labels, default_card, default_network):
+    """bf16 autocast (used on CPUs with native bf16) against fp32 on the whole sample case."""
+    bf16 = segment_case(sample_case, default_card, default_network, device="cpu", precision="bf16")
+    changed = np.count_nonzero(bf16 != sample_labels) / sample_labels.size
+    assert changed < 0.001, changed
+
+
+def test_cli_sample_run_prints_outputs_volumes_and_dice(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["segment", "--sample"]) == 0
+    printed = capsys.readouterr().out
+    assert "brain-tumor-seg-output" in printed and "WT" in printed and "Dice against" in printed
+    files = sorted(p.name for p in (tmp_path / "brain-tumor-seg-output").iterdir())
+    assert files == ["Brats18_CBICA_AQP_1.seg.nrrd", "Brats18_CBICA_AQP_1_seg.nii.gz", "Brats18_CBICA_AQP_1_volumes.json"]
