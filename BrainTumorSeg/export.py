@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,15 +130,18 @@ def check_writable(folder: Path) -> bool:
 
 
 @contextmanager
-def staged_outputs(folder: Path) -> Iterator[Path]:
+def staged_outputs(folder: Path, last: Sequence[str] = ()) -> Iterator[Path]:
     """A hidden staging folder inside ``folder``; on success its files replace their targets atomically.
 
-    On any error (or interruption) the staging folder is removed and nothing appears in ``folder``.
+    Files named in ``last`` are moved after all others, so their presence in ``folder`` means
+    the others are complete. On any error (or interruption) the staging folder is removed and
+    nothing new appears in ``folder``.
     """
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=STAGING_PREFIX))
     try:
         yield staging
-        for item in sorted(staging.iterdir()):
+        items = sorted(staging.iterdir(), key=lambda item: (item.name in last, item.name))
+        for item in items:
             os.replace(item, folder / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -152,16 +155,24 @@ def write_outputs(
     model_id: str,
     inputs: dict[str, str],
     convention: str,
+    extras: Mapping[str, tuple[str, Callable[[Path], None]]] | None = None,
 ) -> dict[str, Path]:
-    """Write the label map, the .seg.nrrd and the volumes JSON of one case; returns their final paths."""
+    """Write the label map, the .seg.nrrd and the volumes JSON of one case; returns their final paths.
+
+    ``extras`` maps more output kinds to ``(file name, function writing that file at the path it is given)``.
+    The volumes JSON lands last: when it exists, every other output of the case is complete.
+    """
     names = {
         "labels": f"{case_id}_seg.nii.gz",
         "segmentation": f"{case_id}.seg.nrrd",
+        **{kind: name for kind, (name, _) in (extras or {}).items()},
         "volumes": f"{case_id}_volumes.json",
     }
-    with staged_outputs(folder) as staging:
+    with staged_outputs(folder, last=(names["volumes"],)) as staging:
         write_label_map(staging / names["labels"], internal, reference, convention)
         write_seg_nrrd(staging / names["segmentation"], internal, reference)
+        for name, write in (extras or {}).values():
+            write(staging / name)
         info = summary(internal, reference, model_id, inputs, convention)
         info["outputs"] = {k: str(folder / v) for k, v in names.items()}
         (staging / names["volumes"]).write_text(json.dumps(info, indent=2) + "\n")

@@ -93,6 +93,22 @@ def from_convention(labels: np.ndarray, convention: str = "brats2017") -> np.nda
     return internal
 
 
+def detect_convention(labels: np.ndarray) -> str:
+    """The convention of a file's label map, from the values it holds; ValueError when it fits none.
+
+    A 4 means ``brats2017`` (ET = 4); a 3 without a 4 means ``brats2023`` (ET = 3). A map with
+    only 0, 1 and 2 (no enhancing tumor) is ambiguous, but both conventions read it the same
+    way (1 NCR/NET, 2 edema), so it is called ``brats2017``.
+    """
+    values = set(np.unique(labels).tolist())
+    unknown = sorted(values - {0, 1, 2, 3, 4})
+    if unknown:
+        raise ValueError(f"label values {unknown} are in no known convention (brats2017: 0, 1, 2, 4; brats2023: 0, 1, 2, 3)")
+    if {3, 4} <= values:
+        raise ValueError("label map holds both 3 and 4, which no convention does (brats2017: 0, 1, 2, 4; brats2023: 0, 1, 2, 3)")
+    return "brats2023" if 3 in values else "brats2017"
+
+
 def region_masks(internal: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean WT / TC / ET masks of an internal label map."""
     return {name: np.isin(internal, members) for name, members in REGIONS.items()}
