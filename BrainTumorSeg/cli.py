@@ -120,7 +120,7 @@ def run_segment(args: argparse.Namespace) -> int:
     info = json.loads(paths["volumes"].read_text())
     print(f"Segmented {case_id} with model {card.id} in {seconds:.1f} s")
     for kind, path in paths.items():
-        print(f"  {kind:<13} {path}")
+        print(f"  {kind:<13} {path.resolve()}")
     print("Volumes (mL):")
     for key, value in info["volumes_ml"].items():
         print(f"  {key:<13} {value:9.2f}")

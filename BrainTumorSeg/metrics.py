@@ -169,3 +169,8 @@ def region_metrics(
         raise ValueError(f"label maps differ in shape: {prediction.shape} and {truth.shape}")
     pred, true = region_masks(prediction), region_masks(truth)
     return {name: mask_metrics(pred[name], true[name], spacing) for name in pred}
+
+
+def mean_region_dice(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean WT / TC / ET Dice over cases (each case's dict as from :func:`region_dice`), rounded to 4 places."""
+    return {k: round(float(np.mean([d[k] for d in per_case.values()])), 4) for k in ("WT", "TC", "ET")}

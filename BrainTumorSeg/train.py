@@ -32,7 +32,7 @@ from .device import autocast, autocast_dtype, resolve_device
 from .geometry import Reorientation
 from .inference import AXES, context_stack, predict_slices
 from .labels import from_convention, region_masks
-from .metrics import region_dice
+from .metrics import mean_region_dice, region_dice
 from .models.registry import ModelCard, save_weights
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare
@@ -187,7 +187,7 @@ def evaluate(
         brain = np.any(case.data != 0, axis=0)
         prediction = probabilities_to_labels(probabilities, card.outputs, brain)
         per_case[case.case_id] = {k: round(v, 4) for k, v in region_dice(prediction, case.labels).items()}
-    mean = {k: round(float(np.mean([d[k] for d in per_case.values()])), 4) for k in ("WT", "TC", "ET")}
+    mean = mean_region_dice(per_case)
     return {"dice": mean, "per_case": per_case}
 
 

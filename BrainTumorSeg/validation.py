@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from .case import read_image, resolve_inputs
 from .labels import from_convention
-from .metrics import region_dice
+from .metrics import mean_region_dice, region_dice
 from .models.registry import ModelCard, get_model
 from .pipeline import segment_case
 
@@ -45,7 +45,7 @@ def validate(
         seconds.append(time.perf_counter() - started)
         truth = from_convention(sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16), convention)
         per_case[case_id] = {k: round(v, 4) for k, v in region_dice(labels, truth).items()}
-    mean = {k: round(float(np.mean([d[k] for d in per_case.values()])), 4) for k in ("WT", "TC", "ET")}
+    mean = mean_region_dice(per_case)
     return {"dice": mean, "per_case": per_case, "seconds_per_case": round(float(np.mean(seconds)), 1)}
 
 
