@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import overlap_fraction, resample_to, same_grid
+from .labels import from_convention
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 REFERENCE_MODALITY = "t1ce"
@@ -38,6 +39,7 @@ NAME_SUFFIXES: dict[str, tuple[str, ...]] = {
     "t2": ("_t2", "-t2w"),
     "flair": ("_flair", "-t2f"),
 }
+TRUTH_SUFFIXES: tuple[str, ...] = ("_seg", "-seg")
 MSD_CHANNEL_ORDER: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii.bz2", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -76,6 +78,33 @@ def modality_of(path: Path) -> str | None:
         if stem.endswith(suffixes):
             return modality
     return None
+
+
+def truth_file(folder: Path) -> Path:
+    """The ground-truth label file of a BraTS-named case folder (``*_seg`` or ``*-seg``); InputError if not exactly one."""
+    hits = []
+    for path in sorted(folder.iterdir()):
+        ext = image_extension(path)
+        if ext and path.name[: -len(ext)].lower().endswith(TRUTH_SUFFIXES):
+            hits.append(path)
+    if len(hits) != 1:
+        raise InputError(folder, f"expected one ground-truth file (*_seg or *-seg), found {len(hits)}")
+    return hits[0]
+
+
+def read_truth(path: str | Path, reference: sitk.Image | None = None, convention: str = "brats2017") -> np.ndarray:
+    """A ground-truth label map as internal labels (indexed like its SimpleITK array).
+
+    With ``reference``, the map must have the reference's size. InputError naming the file otherwise,
+    or when it holds values outside ``convention``.
+    """
+    image = read_image(path)
+    if reference is not None and image.GetSize() != reference.GetSize():
+        raise InputError(path, "ground truth is not on the T1ce grid")
+    try:
+        return from_convention(sitk.GetArrayFromImage(image).astype(np.int16), convention)
+    except ValueError as error:
+        raise InputError(path, str(error)) from None
 
 
 def find_modalities(folder: Path) -> dict[str, Path]:

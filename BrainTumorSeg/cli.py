@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
 from .atomic import write_csv
 from .batch import DONE, FAILED, SEGMENTED, ProgressBar, Shard, discover_cases, parse_shard, run_batch, terminate_as_exit
-from .case import MODALITIES, NAME_SUFFIXES, image_extension, read_image, resolve_inputs
+from .case import MODALITIES, NAME_SUFFIXES, image_extension, read_truth, resolve_inputs, truth_file
 from .errors import InputError
 from .evaluation import (
     AUTO,
@@ -34,7 +33,7 @@ from .evaluation import (
     summarize,
 )
 from .export import check_writable
-from .labels import CONVENTIONS, from_convention
+from .labels import CONVENTIONS
 from .metrics import region_dice
 from .models.registry import ARCHITECTURES, available_models, get_model
 from .pipeline import segment_to_folder
@@ -85,16 +84,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _truth_labels(path: str | Path, reference: sitk.Image) -> np.ndarray:
-    image = read_image(path)
-    if image.GetSize() != reference.GetSize():
-        raise InputError(path, "ground truth is not on the T1ce grid")
-    try:
-        return from_convention(sitk.GetArrayFromImage(image).astype(np.int16), "brats2017")
-    except ValueError as error:
-        raise InputError(path, str(error)) from None
-
-
 def run_segment(args: argparse.Namespace) -> int:
     files = {m: getattr(args, m) for m in MODALITIES}
     input_path, truth, out = args.input, args.truth, args.out
@@ -103,14 +92,14 @@ def run_segment(args: argparse.Namespace) -> int:
             raise InputError("--sample", "the sample case cannot be combined with other inputs")
         folder = sample_case_dir()
         input_path = str(folder)
-        truth = truth or next((str(p) for p in sorted(folder.iterdir()) if "_seg." in p.name), None)
+        truth = truth or str(truth_file(folder))
         out = out or Path("brain-tumor-seg-output")
     if out is None:
         raise InputError("--out", "an output folder is required")
     card = get_model(args.model, args.models_dir)
     started = time.perf_counter()
     case = resolve_inputs(input_path, **files)
-    truth_labels = _truth_labels(truth, case.reference) if truth else None
+    truth_labels = read_truth(truth, case.reference) if truth else None
     network = card.load()
     case_id = case_id_of(input_path, files["t1ce"])
     labels, paths = segment_to_folder(

@@ -27,7 +27,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .case import MODALITIES, read_image, resolve_inputs
+from .case import MODALITIES, read_image, resolve_inputs, truth_file
 from .device import autocast, autocast_dtype, resolve_device
 from .geometry import Reorientation
 from .inference import AXES, context_stack, predict_slices
@@ -36,7 +36,6 @@ from .metrics import mean_region_dice, region_dice
 from .models.registry import ModelCard, save_weights
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare
-from .validation import truth_file
 
 log = logging.getLogger("brain_tumor_seg.train")
 
@@ -69,7 +68,7 @@ def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase
             return CachedCase(folder.name, z["data"], z["labels"])
     case = resolve_inputs(folder)
     orientation = Reorientation.of(case.reference)
-    truth = sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16)
+    truth = sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16)  # labels checked after the crop
     prepared = prepare(orientation.to_canonical(case.data))
     labels = from_convention(orientation.to_canonical(truth)[prepared.crop.slices], convention)
     cache.mkdir(parents=True, exist_ok=True)

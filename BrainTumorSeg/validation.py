@@ -14,21 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
-from .case import read_image, resolve_inputs
-from .labels import from_convention
+from .case import read_truth, resolve_inputs, truth_file
 from .metrics import mean_region_dice, region_dice
 from .models.registry import ModelCard, get_model
 from .pipeline import segment_case
-
-
-def truth_file(folder: Path) -> Path:
-    """The ground-truth label file of a BraTS-named case folder (``*_seg`` or ``*-seg``)."""
-    hits = [p for p in sorted(folder.iterdir()) if p.name.lower().split(".")[0].endswith(("_seg", "-seg"))]
-    if len(hits) != 1:
-        raise FileNotFoundError(f"{folder}: expected one *_seg or *-seg file, found {len(hits)}")
-    return hits[0]
 
 
 def validate(
@@ -43,7 +33,7 @@ def validate(
         case = resolve_inputs(folder)
         labels = segment_case(case, card, network, device="cpu", precision=precision, flips=flips)
         seconds.append(time.perf_counter() - started)
-        truth = from_convention(sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16), convention)
+        truth = read_truth(truth_file(folder), convention=convention)
         per_case[case_id] = {k: round(v, 4) for k, v in region_dice(labels, truth).items()}
     mean = mean_region_dice(per_case)
     return {"dice": mean, "per_case": per_case, "seconds_per_case": round(float(np.mean(seconds)), 1)}

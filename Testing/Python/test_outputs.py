@@ -105,3 +105,13 @@ def test_cli_sample_run_prints_outputs_volumes_and_dice(tmp_path, capsys, monkey
     assert "brain-tumor-seg-output" in printed and "WT" in printed and "Dice against" in printed
     files = sorted(p.name for p in (tmp_path / "brain-tumor-seg-output").iterdir())
     assert files == ["Brats18_CBICA_AQP_1.seg.nrrd", "Brats18_CBICA_AQP_1_seg.nii.gz", "Brats18_CBICA_AQP_1_volumes.json"]
+
+
+def test_truth_file_finds_the_one_seg_file_and_names_the_folder_otherwise(sample_dir, tmp_path):
+    from BrainTumorSeg.case import truth_file
+    from BrainTumorSeg.errors import InputError
+
+    assert truth_file(sample_dir).name == "Brats18_CBICA_AQP_1_seg.nii.gz"
+    with pytest.raises(InputError) as error:
+        truth_file(tmp_path)
+    assert str(error.value) == f"{tmp_path}: expected one ground-truth file (*_seg or *-seg), found 0"
