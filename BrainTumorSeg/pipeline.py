@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from .case import MODALITIES, Case
@@ -21,6 +22,28 @@ from .inference import Progress, predict_slices, predict_with_flips
 from .models.registry import ModelCard
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare
+
+
+def predict_with_card(
+    card: ModelCard,
+    network: nn.Module,
+    volume: np.ndarray,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Probabilities of a prepared canonical volume, run the way the card's ``inference`` block says (no mirroring)."""
+    return predict_slices(
+        network,
+        volume,
+        axis=card.inference.get("axis", "axial"),
+        context=card.context_slices,
+        output_type=card.outputs["type"],
+        batch_size=int(card.inference.get("batch_size", 16)),
+        device=device,
+        dtype=dtype,
+        progress=progress,
+    )
 
 
 def segment_case(
@@ -45,18 +68,10 @@ def segment_case(
     channels = case.data[[MODALITIES.index(m) for m in card.modalities]]
     prepared = prepare(orientation.to_canonical(channels))
 
+    dtype = autocast_dtype(torch_device, precision)
+
     def predict(volume: np.ndarray) -> np.ndarray:
-        return predict_slices(
-            network,
-            volume,
-            axis=card.inference.get("axis", "axial"),
-            context=card.context_slices,
-            output_type=card.outputs["type"],
-            batch_size=int(card.inference.get("batch_size", 16)),
-            device=torch_device,
-            dtype=autocast_dtype(torch_device, precision),
-            progress=progress,
-        )
+        return predict_with_card(card, network, volume, torch_device, dtype, progress)
 
     probabilities = predict_with_flips(predict, prepared.data, flips or card.inference.get("flips", "none"))
     labels = probabilities_to_labels(probabilities, card.outputs, prepared.mask)

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from .case import MODALITIES, read_image, resolve_inputs, truth_file
 from .device import autocast, autocast_dtype, resolve_device
 from .geometry import Reorientation
-from .inference import AXES, context_stack, predict_slices
+from .inference import AXES, context_stack
 from .labels import from_convention, region_masks
 from .metrics import mean_region_dice, region_dice
 from .models.registry import ModelCard, save_weights
+from .pipeline import predict_with_card
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare
 
@@ -173,16 +174,7 @@ def evaluate(
     """Mean and per-case BraTS region Dice on whole cases through the real inference path."""
     per_case = {}
     for case in cases:
-        probabilities = predict_slices(
-            network,
-            case.data.astype(np.float32),
-            card.inference["axis"],
-            card.context_slices,
-            card.outputs["type"],
-            card.inference.get("batch_size", 16),
-            device,
-            dtype,
-        )
+        probabilities = predict_with_card(card, network, case.data.astype(np.float32), device, dtype)
         brain = np.any(case.data != 0, axis=0)
         prediction = probabilities_to_labels(probabilities, card.outputs, brain)
         per_case[case.case_id] = {k: round(v, 4) for k, v in region_dice(prediction, case.labels).items()}

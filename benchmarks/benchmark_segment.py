@@ -22,8 +22,8 @@ import torch
 from BrainTumorSeg.case import resolve_inputs
 from BrainTumorSeg.device import autocast_dtype, cpu_has_bf16
 from BrainTumorSeg.geometry import Reorientation
-from BrainTumorSeg.inference import predict_slices
 from BrainTumorSeg.models.registry import get_model
+from BrainTumorSeg.pipeline import predict_with_card
 from BrainTumorSeg.preprocess import prepare
 from BrainTumorSeg.resources import sample_case_dir
 
@@ -44,16 +44,7 @@ def time_forward(model: str | None) -> float:
     prepared = prepare(Reorientation.of(case.reference).to_canonical(case.data))
     device = torch.device("cpu")
     started = time.perf_counter()
-    predict_slices(
-        network,
-        prepared.data,
-        card.inference["axis"],
-        card.context_slices,
-        card.outputs["type"],
-        card.inference.get("batch_size", 16),
-        device,
-        autocast_dtype(device),
-    )
+    predict_with_card(card, network, prepared.data, device, autocast_dtype(device))
     return time.perf_counter() - started
 
 
