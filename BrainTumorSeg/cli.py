@@ -35,7 +35,8 @@ from .evaluation import (
 from .export import check_writable
 from .labels import CONVENTIONS
 from .metrics import region_dice
-from .models.registry import ARCHITECTURES, available_models, get_model
+from .models.card import available_models, get_model
+from .models.registry import ARCHITECTURES
 from .pipeline import segment_to_folder
 from .resources import sample_case_dir
 

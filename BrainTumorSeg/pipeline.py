@@ -19,7 +19,7 @@ from .device import autocast_dtype, resolve_device
 from .export import check_writable, write_outputs
 from .geometry import Reorientation
 from .inference import Progress, predict_slices, predict_with_flips
-from .models.registry import ModelCard
+from .models.card import ModelCard
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare
 

@@ -33,7 +33,8 @@ from .geometry import Reorientation
 from .inference import AXES, context_stack
 from .labels import from_convention, region_masks
 from .metrics import mean_region_dice, region_dice
-from .models.registry import ModelCard, save_weights
+from .models.card import ModelCard
+from .models.registry import save_weights
 from .pipeline import predict_with_card
 from .postprocess import probabilities_to_labels
 from .preprocess import prepare

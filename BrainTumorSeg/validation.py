@@ -17,7 +17,7 @@ import numpy as np
 
 from .case import read_truth, resolve_inputs, truth_file
 from .metrics import mean_region_dice, region_dice
-from .models.registry import ModelCard, get_model
+from .models.card import ModelCard, get_model
 from .pipeline import segment_case
 
 

@@ -22,7 +22,7 @@ import torch
 from BrainTumorSeg.case import resolve_inputs
 from BrainTumorSeg.device import autocast_dtype, cpu_has_bf16
 from BrainTumorSeg.geometry import Reorientation
-from BrainTumorSeg.models.registry import get_model
+from BrainTumorSeg.models.card import get_model
 from BrainTumorSeg.pipeline import predict_with_card
 from BrainTumorSeg.preprocess import prepare
 from BrainTumorSeg.resources import sample_case_dir

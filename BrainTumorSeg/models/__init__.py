@@ -1,5 +1,1 @@
-"""Network architectures (one file each) and the model-card registry."""
-
-from .registry import ARCHITECTURES, ModelCard, available_models, get_model, save_weights
-
-__all__ = ["ARCHITECTURES", "ModelCard", "available_models", "get_model", "save_weights"]
+"""Network architectures (one file each), model cards (:mod:`.card`, no PyTorch) and the registry (:mod:`.registry`)."""

@@ -1,17 +1,8 @@
-"""Model cards: find them, read them, and build the network each one describes.
-
-A model card is ``<id>.json`` beside ``<id>.safetensors`` in a models folder:
-the bundled ``Resources/Models``, folders in ``BRAIN_TUMOR_SEG_MODELS``
-(``os.pathsep``-separated) and any ``--models-dir``. Behaviour comes from the card
-(architecture, config, inputs, outputs, inference mode), never from a file name.
-"""
+"""The network behind each architecture name, and weights in and out of safetensors (needs PyTorch)."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import InputError
-from ..resources import resources_dir
+from .card import ARCHITECTURE_NAMES
 from .fcdensenet import FCDenseNet
 from .havaei import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN, TwoPathCNN
 from .pspnet import PSPNet
@@ -37,80 +28,28 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "pspnet": PSPNet,
     "segresnet": SegResNet,
 }
-MODELS_ENV = "BRAIN_TUMOR_SEG_MODELS"
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "card.ARCHITECTURE_NAMES must name the same architectures"
 
 
-@dataclass
-class ModelCard:
-    """What a model is, how to feed it, how to read its output, and how it was trained and validated."""
+def build_network(architecture: str, config: dict[str, Any]) -> nn.Module:
+    """The untrained network of ``architecture`` with keyword arguments ``config``."""
+    return ARCHITECTURES[architecture](**config)
 
-    id: str
-    architecture: str
-    config: dict[str, Any]
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    inference: dict[str, Any]
-    path: Path | None = None
-    name: str = ""
-    description: str = ""
-    default: bool = False
-    training: dict[str, Any] = field(default_factory=dict)
-    validation: dict[str, Any] = field(default_factory=dict)
-    weights: str = ""
 
-    @classmethod
-    def read(cls, path: Path) -> ModelCard:
-        try:
-            raw = json.loads(path.read_text())
-            known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k != "path"}
-            card = cls(**known, path=path)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise InputError(path, f"not a valid model card ({error})") from None
-        if card.architecture not in ARCHITECTURES:
-            raise InputError(path, f"unknown architecture {card.architecture!r}; known: {', '.join(ARCHITECTURES)}")
-        return card
-
-    def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "path"}
-        return out
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-    @property
-    def weights_path(self) -> Path:
-        if self.path is None:
-            raise ValueError(f"model {self.id} has no card file")
-        return self.path.parent / (self.weights or f"{self.id}.safetensors")
-
-    @property
-    def context_slices(self) -> int:
-        return int(self.inputs.get("context_slices", 0))
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.inputs["modalities"])
-
-    def build(self) -> nn.Module:
-        """The untrained network of this card's architecture and configuration."""
-        return ARCHITECTURES[self.architecture](**self.config)
-
-    def load(self) -> nn.Module:
-        """The network with this card's weights (safetensors: no pickle, no code), in eval mode, fp32."""
-        network = self.build()
-        path = self.weights_path
-        if not path.is_file():
-            raise InputError(path, f"weights of model {self.id} not found")
-        try:
-            state = load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            raise InputError(path, f"cannot read weights ({error})") from None
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as error:
-            raise InputError(path, f"weights do not match the card's architecture ({str(error).splitlines()[0]})") from None
-        return network.eval()
+def load_weights(network: nn.Module, path: Path, model_id: str) -> nn.Module:
+    """``network`` with the weights in ``path`` (safetensors: no pickle, no code), in eval mode, fp32."""
+    if not path.is_file():
+        raise InputError(path, f"weights of model {model_id} not found")
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types
+        raise InputError(path, f"cannot read weights ({error})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise InputError(path, f"weights do not match the card's architecture ({str(error).splitlines()[0]})") from None
+    return network.eval()
 
 
 def save_weights(network: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
@@ -119,44 +58,3 @@ def save_weights(network: nn.Module, path: Path, dtype: torch.dtype = torch.floa
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous() for k, v in network.state_dict().items()
     }
     save_file(state, str(path))
-
-
-def is_model_card(path: Path) -> bool:
-    """A JSON file is a model card when it is an object with ``id`` and ``architecture`` (training logs are not)."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return True  # let ModelCard.read report the broken file
-    return isinstance(raw, dict) and "architecture" in raw and "id" in raw
-
-
-def model_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
-    """Folders searched for model cards: extra ones first, then the environment's, then the bundled one."""
-    env = [p for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
-    return [Path(p) for p in (*extra, *env)] + [resources_dir() / "Models"]
-
-
-def available_models(extra_dirs: Iterable[str | Path] = ()) -> dict[str, ModelCard]:
-    """All model cards by id; an id found in an earlier folder wins over the same id later."""
-    cards: dict[str, ModelCard] = {}
-    for folder in model_dirs(extra_dirs):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.json")):
-            if is_model_card(path):
-                card = ModelCard.read(path)
-                cards.setdefault(card.id, card)
-    return cards
-
-
-def get_model(model_id: str | None = None, extra_dirs: Iterable[str | Path] = ()) -> ModelCard:
-    """The card of ``model_id``, or the default model's card."""
-    cards = available_models(extra_dirs)
-    if model_id is None:
-        defaults = [c for c in cards.values() if c.default]
-        if not defaults:
-            raise InputError("models", "no default model found")
-        return defaults[0]
-    if model_id not in cards:
-        raise InputError(model_id, f"no such model; available: {', '.join(sorted(cards)) or 'none'}")
-    return cards[model_id]

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from BrainTumorSeg.case import Case, resolve_inputs
 from BrainTumorSeg.labels import from_convention
-from BrainTumorSeg.models.registry import ModelCard, get_model
+from BrainTumorSeg.models.card import ModelCard, get_model
 from BrainTumorSeg.pipeline import segment_case
 from BrainTumorSeg.resources import sample_case_dir
 

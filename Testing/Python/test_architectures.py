@@ -11,10 +11,11 @@ from torch import nn
 
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.inference import predict_slices
+from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.models.fcdensenet import PRESETS, FCDenseNet
 from BrainTumorSeg.models.havaei import paper_weight_count
 from BrainTumorSeg.models.pspnet import PSPNet
-from BrainTumorSeg.models.registry import ARCHITECTURES, ModelCard
+from BrainTumorSeg.models.registry import ARCHITECTURES
 from BrainTumorSeg.models.segresnet import SegResNet
 from BrainTumorSeg.models.unet import UNet2D
 from BrainTumorSeg.resources import resources_dir

@@ -34,7 +34,8 @@ from BrainTumorSeg.case import (
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.errors import InputError
 from BrainTumorSeg.export import check_writable
-from BrainTumorSeg.models.registry import MODELS_ENV, ModelCard, save_weights
+from BrainTumorSeg.models.card import MODELS_ENV, ModelCard
+from BrainTumorSeg.models.registry import save_weights
 from BrainTumorSeg.resources import sample_case_dir
 
 REPO = Path(__file__).resolve().parents[2]

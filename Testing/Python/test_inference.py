@@ -11,7 +11,7 @@ import torch
 
 from BrainTumorSeg.geometry import Reorientation
 from BrainTumorSeg.inference import context_stack, predict_slices, predict_with_flips
-from BrainTumorSeg.models.registry import ModelCard
+from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.preprocess import prepare
 
 ROOT = Path(__file__).resolve().parents[2]

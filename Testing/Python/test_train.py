@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from BrainTumorSeg.cli import main
-from BrainTumorSeg.models.registry import ModelCard
+from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.train import SliceSampler, augment, load_training_case
 
 ROOT = Path(__file__).resolve().parents[2]

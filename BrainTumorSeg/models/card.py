@@ -1,0 +1,141 @@
+"""Model cards: find them and read them, without importing PyTorch.
+
+A model card is ``<id>.json`` beside ``<id>.safetensors`` in a models folder:
+the bundled ``Resources/Models``, folders in ``BRAIN_TUMOR_SEG_MODELS``
+(``os.pathsep``-separated) and any ``--models-dir``. Behaviour comes from the card
+(architecture, config, inputs, outputs, inference mode), never from a file name.
+Listing cards needs only the standard library, so the Slicer module can offer the
+models before PyTorch is installed; building a network (:mod:`.registry`) needs PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from ..resources import resources_dir
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ARCHITECTURE_NAMES = (
+    "unet2d",
+    "twopathcnn",
+    "inputcascadecnn",
+    "localcascadecnn",
+    "mfcascadecnn",
+    "fcdensenet",
+    "pspnet",
+    "segresnet",
+)
+MODELS_ENV = "BRAIN_TUMOR_SEG_MODELS"
+
+
+@dataclass
+class ModelCard:
+    """What a model is, how to feed it, how to read its output, and how it was trained and validated."""
+
+    id: str
+    architecture: str
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    inference: dict[str, Any]
+    path: Path | None = None
+    name: str = ""
+    description: str = ""
+    default: bool = False
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    weights: str = ""
+
+    @classmethod
+    def read(cls, path: Path) -> ModelCard:
+        try:
+            raw = json.loads(path.read_text())
+            known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k != "path"}
+            card = cls(**known, path=path)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise InputError(path, f"not a valid model card ({error})") from None
+        if card.architecture not in ARCHITECTURE_NAMES:
+            raise InputError(path, f"unknown architecture {card.architecture!r}; known: {', '.join(ARCHITECTURE_NAMES)}")
+        return card
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "path"}
+        return out
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @property
+    def weights_path(self) -> Path:
+        if self.path is None:
+            raise ValueError(f"model {self.id} has no card file")
+        return self.path.parent / (self.weights or f"{self.id}.safetensors")
+
+    @property
+    def context_slices(self) -> int:
+        return int(self.inputs.get("context_slices", 0))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.inputs["modalities"])
+
+    def build(self) -> nn.Module:
+        """The untrained network of this card's architecture and configuration (imports PyTorch)."""
+        from .registry import build_network
+
+        return build_network(self.architecture, self.config)
+
+    def load(self) -> nn.Module:
+        """The network with this card's weights (safetensors: no pickle, no code), in eval mode, fp32."""
+        from .registry import load_weights
+
+        return load_weights(self.build(), self.weights_path, self.id)
+
+
+def is_model_card(path: Path) -> bool:
+    """A JSON file is a model card when it is an object with ``id`` and ``architecture`` (training logs are not)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True  # let ModelCard.read report the broken file
+    return isinstance(raw, dict) and "architecture" in raw and "id" in raw
+
+
+def model_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
+    """Folders searched for model cards: extra ones first, then the environment's, then the bundled one."""
+    env = [p for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    return [Path(p) for p in (*extra, *env)] + [resources_dir() / "Models"]
+
+
+def available_models(extra_dirs: Iterable[str | Path] = ()) -> dict[str, ModelCard]:
+    """All model cards by id; an id found in an earlier folder wins over the same id later."""
+    cards: dict[str, ModelCard] = {}
+    for folder in model_dirs(extra_dirs):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            if is_model_card(path):
+                card = ModelCard.read(path)
+                cards.setdefault(card.id, card)
+    return cards
+
+
+def get_model(model_id: str | None = None, extra_dirs: Iterable[str | Path] = ()) -> ModelCard:
+    """The card of ``model_id``, or the default model's card."""
+    cards = available_models(extra_dirs)
+    if model_id is None:
+        defaults = [c for c in cards.values() if c.default]
+        if not defaults:
+            raise InputError("models", "no default model found")
+        return defaults[0]
+    if model_id not in cards:
+        raise InputError(model_id, f"no such model; available: {', '.join(sorted(cards)) or 'none'}")
+    return cards[model_id]
