@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -33,11 +34,14 @@ from .evaluation import (
     summarize,
 )
 from .export import check_writable
+from .inference import AXES, FLIPS
 from .labels import CONVENTIONS
 from .metrics import region_dice
 from .models.card import available_models, get_model
 from .models.registry import ARCHITECTURES
-from .pipeline import segment_to_folder
+from .pipeline import MODES, InferenceOptions, Member, RunOptions, inference_settings, postprocess_options, segment_to_folder
+from .postprocess import PostprocessOptions
+from .progress import Cancelled, RunControl, json_lines
 from .resources import sample_case_dir
 
 log = logging.getLogger("brain_tumor_seg")
@@ -65,24 +69,89 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default with --sample: ./brain-tumor-seg-output)")
     p.add_argument("--truth", metavar="FILE", help="ground-truth label map (BraTS 2017-2021 labels) to report Dice against")
     p.add_argument("--report", action="store_true", help="also write <case>_report.png: FLAIR and T1ce with segment outlines")
+    p.add_argument(
+        "--progress",
+        choices=("none", "json"),
+        default="none",
+        help="json: one JSON object per line on stdout (stage, done, total, message; the last one has stage done, "
+        "outputs and volumes_ml) and nothing else there",
+    )
     _add_run_options(p)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options of `segment` and `batch`: model, output labels, test-time mirroring, device, precision."""
-    p.add_argument("--model", help="model id (default: the default model; see `brain-tumor-seg models`)")
+    """Options of `segment` and `batch`: models, inference mode, clean-up, output labels, device, precision."""
+    p.add_argument(
+        "--model",
+        help="model id, or several separated by commas for an ensemble that averages their probabilities "
+        "(default: the default model; see `brain-tumor-seg models`)",
+    )
     p.add_argument("--models-dir", action="append", default=[], metavar="DIR", help="extra folder of model cards + weights")
     p.add_argument("--labels", choices=sorted(CONVENTIONS), default="brats2017", help="label values of the NIfTI output")
+    mode = p.add_argument_group("inference (default: each model card's)")
+    mode.add_argument(
+        "--mode", choices=MODES, help="slices: whole 2D slices; dense: the same for patch classifiers; window: sliding window"
+    )
+    mode.add_argument("--axis", choices=tuple(AXES), help="slice axis of 2D models (anatomical, after reorientation)")
+    mode.add_argument(
+        "--window", type=int, nargs="+", metavar="N", help="window size for --mode window: 2 values (2D models) or 3 (3D models)"
+    )
+    mode.add_argument("--overlap", type=float, help="overlap of neighbouring windows, 0 to <1 (gaussian blending)")
+    mode.add_argument(
+        "--tta", choices=tuple(FLIPS), help="test-time mirroring: none, x (left-right), xy (all in-plane combinations)"
+    )
+    clean = p.add_argument_group("clean-up of the label map (default: each model card's measured choice)")
+    clean.add_argument(
+        "--postprocess", choices=("model", "none"), default="model", help="start from the model card's clean-up, or none"
+    )
+    clean.add_argument(
+        "--keep-largest", action=argparse.BooleanOptionalAction, help="keep only the largest connected tumor component"
+    )
+    clean.add_argument("--min-component-ml", type=float, metavar="ML", help="drop tumor components smaller than this (0: off)")
+    clean.add_argument("--closing", type=int, metavar="VOXELS", help="morphological closing radius of each region (0: off)")
+    clean.add_argument(
+        "--et-to-core-ml", type=float, metavar="ML", help="relabel enhancing tumor as core when it is smaller than this (0: off)"
+    )
     p.add_argument(
-        "--tta", choices=("none", "x", "xy"), help="test-time mirroring: none, left-right, all in-plane (default: model card's)"
+        "--probabilities", action="store_true", help="also write class probabilities and an uncertainty (entropy) map, NIfTI"
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument(
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 on CPUs with native bf16, else fp32",
+        help="auto: bf16 on CPUs with native bf16, else fp32; GPUs: bf16 or fp16",
     )
+
+
+def load_members(args: argparse.Namespace) -> list[Member]:
+    """The models named by ``--model`` (comma-separated) with their networks loaded."""
+    ids = [m.strip() for m in args.model.split(",")] if args.model else [None]
+    if "" in ids:
+        raise InputError("--model", f"empty model id in {args.model!r}")
+    cards = [get_model(model_id, args.models_dir) for model_id in ids]
+    return [Member(card, card.load()) for card in cards]
+
+
+def run_options(args: argparse.Namespace, members: list[Member]) -> RunOptions:
+    """Run options from the command line; checks every model's inference settings before any work."""
+    inference = InferenceOptions(
+        mode=args.mode, axis=args.axis, window=tuple(args.window) if args.window else None, overlap=args.overlap, flips=args.tta
+    )
+    base = PostprocessOptions() if args.postprocess == "none" else postprocess_options([m.card for m in members], None)
+    changes = {
+        "keep_largest": args.keep_largest,
+        "min_component_ml": args.min_component_ml,
+        "closing": args.closing,
+        "et_to_core_ml": args.et_to_core_ml,
+    }
+    for name, value in changes.items():
+        if value is not None and not isinstance(value, bool) and value < 0:
+            raise InputError(f"--{name.replace('_', '-')}", "must not be negative")
+    clean_up = replace(base, **{k: v for k, v in changes.items() if v is not None})
+    for member in members:
+        inference_settings(member.card, inference)
+    return RunOptions(args.device, args.precision, inference, clean_up, args.probabilities)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -97,25 +166,33 @@ def run_segment(args: argparse.Namespace) -> int:
         out = out or Path("brain-tumor-seg-output")
     if out is None:
         raise InputError("--out", "an output folder is required")
-    card = get_model(args.model, args.models_dir)
+    as_json = args.progress == "json"
+    control = RunControl(json_lines(sys.stdout) if as_json else None)
     started = time.perf_counter()
+    control.report("load", 0, 1, "reading the model(s) and the four volumes")
+    members = load_members(args)
+    options = run_options(args, members)
     case = resolve_inputs(input_path, **files)
     truth_labels = read_truth(truth, case.reference) if truth else None
-    network = card.load()
+    control.report("load", 1, 1, "read the model(s) and the four volumes")
     case_id = case_id_of(input_path, files["t1ce"])
-    labels, paths = segment_to_folder(
-        case, card, network, out, case_id, args.labels, args.device, args.precision, flips=args.tta, report=args.report
-    )
+    with terminate_as_exit():
+        result, paths = segment_to_folder(case, members, out, case_id, args.labels, options, control, args.report)
     seconds = time.perf_counter() - started
-    info = json.loads(paths["volumes"].read_text())
-    print(f"Segmented {case_id} with model {card.id} in {seconds:.1f} s")
+    volumes = json.loads(paths["volumes"].read_text())["volumes_ml"]
+    scores = region_dice(result.labels, truth_labels) if truth_labels is not None else None
+    if as_json:
+        outputs = {kind: str(path.resolve()) for kind, path in paths.items()}
+        extra = {"outputs": outputs, "volumes_ml": volumes, "seconds": round(seconds, 2)} | ({"dice": scores} if scores else {})
+        control.report("done", 1, 1, f"segmented {case_id} with {'+'.join(result.models)}", **extra)
+        return 0
+    print(f"Segmented {case_id} with model {'+'.join(result.models)} in {seconds:.1f} s")
     for kind, path in paths.items():
         print(f"  {kind:<13} {path.resolve()}")
     print("Volumes (mL):")
-    for key, value in info["volumes_ml"].items():
+    for key, value in volumes.items():
         print(f"  {key:<13} {value:9.2f}")
-    if truth_labels is not None:
-        scores = region_dice(labels, truth_labels)
+    if scores is not None:
         print("Dice against " + str(truth) + ": " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     return 0
 
@@ -193,22 +270,24 @@ def run_batch_command(args: argparse.Namespace) -> int:
         truths = find_label_files(args.truth)
         if not truths:
             raise InputError(args.truth, "no label maps found (in the folder or its subfolders)")
-    card = get_model(args.model, args.models_dir)
-    network = card.load()
+    members = load_members(args)
+    options = run_options(args, members)
+    model_id = "+".join(m.card.id for m in members)
     check_writable(args.out)
 
     def segment(case_id: str, folder: Path, out: Path, report: bool, progress: Callable[[int, int], None]) -> None:
         case = resolve_inputs(folder)
-        segment_to_folder(case, card, network, out, case_id, args.labels, args.device, args.precision, args.tta, progress, report)
+        control = RunControl(lambda event: progress(event.done, event.total) if event.stage == "predict" else None)
+        segment_to_folder(case, members, out, case_id, args.labels, options, control, report)
 
     selected = shard.select(list(cases))
     with terminate_as_exit():
-        expect = {"model": card.id, "label_convention": args.labels}
+        expect = {"model": model_id, "label_convention": args.labels}
         result = run_batch(cases, args.out, segment, truths, shard, args.report, ProgressBar(len(selected)), expect=expect)
     counts = {status: sum(row["status"] == status for row in result.rows) for status in (SEGMENTED, DONE, FAILED)}
     scope = f"shard {shard} ({len(selected)} of {len(cases)} cases)" if shard.count > 1 else f"{len(cases)} cases"
     done = f"{counts[SEGMENTED]} segmented, {counts[DONE]} already done, {counts[FAILED]} failed"
-    print(f"Batch with model {card.id}, {scope}: {done}")
+    print(f"Batch with model {model_id}, {scope}: {done}")
     print(f"CSV: {result.csv}")
     scored = [row for row in result.rows if row.get("dice_WT") not in (None, "")]
     if scored:
@@ -217,7 +296,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if args.report:
         from .report import write_cohort_report  # matplotlib only when asked for
 
-        notes = [f"Model {card.id}; label convention {args.labels}; outputs in {args.out.resolve()}."]
+        notes = [f"Model {model_id}; label convention {args.labels}; outputs in {args.out.resolve()}."]
         if shard.count > 1:
             notes.append(f"Shard {shard} of the cohort {args.input.resolve()}.")
         title = f"BrainTumorSeg: {args.input.resolve().name}"
@@ -305,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         print(f"brain-tumor-seg: error: {error}", file=sys.stderr)
         return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("brain-tumor-seg: cancelled; no outputs were written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

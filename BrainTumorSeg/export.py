@@ -114,19 +114,76 @@ def summary(
     }
 
 
-def check_writable(folder: Path) -> bool:
-    """Create ``folder`` if needed and prove a file can be written there; returns whether it was created.
+PROBABILITY_SCALE = 32767
 
-    InputError naming the folder when it cannot be created or written.
+
+def nifti_affine(reference: sitk.Image) -> np.ndarray:
+    """The NIfTI (RAS) voxel-to-world matrix of a SimpleITK (LPS) image."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction_matrix(reference) * np.asarray(reference.GetSpacing())
+    matrix[:3, 3] = reference.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix
+
+
+def write_probabilities(path: Path, classes: np.ndarray, reference: sitk.Image, uncertainty: bool = False) -> None:
+    """Class probabilities ``(4, k, j, i)`` as a 4D NIfTI (volumes: background, NCR/NET, edema, enhancing), or their uncertainty.
+
+    NIfTI has no 16-bit float type, so values are stored as int16 with ``scl_slope = 1/32767``:
+    16 bits per voxel like float16, and every NIfTI reader returns floats in [0, 1] (steps of 3e-5).
+    ``uncertainty``: one volume, the normalized entropy of the class probabilities (0 certain, 1 uniform).
     """
-    created = not folder.exists()
+    import nibabel as nib
+
+    from .probabilities import normalized_entropy
+
+    values = normalized_entropy(classes)[None] if uncertainty else classes
+    data = np.round(np.clip(values, 0, 1) * PROBABILITY_SCALE).astype(np.int16)
+    data = np.ascontiguousarray(data.transpose(3, 2, 1, 0)[..., 0] if uncertainty else data.transpose(3, 2, 1, 0))
+    affine = nifti_affine(reference)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)  # scanner coordinates, as ITK writes the label map
+    image.set_sform(affine, code=1)
+    image.header.set_slope_inter(1.0 / PROBABILITY_SCALE, 0.0)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
+
+
+def make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; returns the folders created, deepest first (for :func:`remove_folders`)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_folders(folders: Sequence[Path]) -> None:
+    """Remove folders made by :func:`make_folder`, deepest first, as long as they are empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def check_writable(folder: Path, keep: bool = True) -> bool:
+    """Prove a file can be written in ``folder`` (creating it if needed); returns whether it was created.
+
+    With ``keep=False`` folders created for the check are removed again, so nothing is left
+    behind until the outputs are written. InputError naming the folder when it cannot be
+    created or written.
+    """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        created = make_folder(folder)
+    except OSError as error:
+        raise InputError(folder, f"output folder cannot be written ({error.strerror or error})") from None
+    try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=STAGING_PREFIX):
             pass
     except OSError as error:
+        remove_folders(created)
         raise InputError(folder, f"output folder cannot be written ({error.strerror or error})") from None
-    return created
+    if not keep:
+        remove_folders(created)
+    return bool(created)
 
 
 @contextmanager
@@ -156,10 +213,12 @@ def write_outputs(
     inputs: dict[str, str],
     convention: str,
     extras: Mapping[str, tuple[str, Callable[[Path], None]]] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the label map, the .seg.nrrd and the volumes JSON of one case; returns their final paths.
 
-    ``extras`` maps more output kinds to ``(file name, function writing that file at the path it is given)``.
+    ``extras`` maps more output kinds to ``(file name, function writing that file at the path it is given)``;
+    ``details`` are added to the volumes JSON (for example the clean-up applied).
     The volumes JSON lands last: when it exists, every other output of the case is complete.
     """
     names = {
@@ -173,7 +232,7 @@ def write_outputs(
         write_seg_nrrd(staging / names["segmentation"], internal, reference)
         for name, write in (extras or {}).values():
             write(staging / name)
-        info = summary(internal, reference, model_id, inputs, convention)
+        info = summary(internal, reference, model_id, inputs, convention) | dict(details or {})
         info["outputs"] = {k: str(folder / v) for k, v in names.items()}
         (staging / names["volumes"]).write_text(json.dumps(info, indent=2) + "\n")
     return {k: folder / v for k, v in names.items()}

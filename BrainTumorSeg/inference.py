@@ -1,16 +1,24 @@
-"""Running a network over a prepared case: 2D slice-wise along an anatomical axis.
+"""Running a network over a prepared case: slice-wise, or patch-wise with a sliding window.
 
-Input is a canonical RAS array ``(C, x, y, z)``; the slice axis names an
-anatomical direction (axial = z, coronal = y, sagittal = x), so the result does
-not depend on how the file stored its voxels.
+Input is a canonical RAS array ``(C, x, y, z)``; a slice axis names an anatomical
+direction (axial = z, coronal = y, sagittal = x), so the result does not depend on how
+the file stored its voxels.
+
+- :func:`predict_slices`: a 2D network on whole slices, batched. For Havaei's patch
+  classifiers, whose forward is fully convolutional, this is the dense evaluation of every
+  pixel's patch in one pass.
+- :func:`predict_window`: a 2D network on tiles of each slice, or a 3D network on blocks of
+  the volume, with overlapping windows blended by a gaussian (MONAI's sliding-window inferer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers import sliding_window_inference
 from torch import nn
 
 from .device import autocast
@@ -67,6 +75,67 @@ def predict_slices(
             progress(int(index[-1]) + 1, total)
     probabilities = torch.cat(outputs).movedim(0, 1 + axis_index)  # (K, x, y, z)
     return probabilities.numpy()
+
+
+def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's sliding-window inferer visits per image (its scan interval: ``int(roi * (1 - overlap))``, min 1)."""
+    size = [max(i, r) for i, r in zip(image_size, roi_size, strict=True)]  # the inferer pads up to the window
+    interval = [r if r == i else max(1, int(r * (1 - overlap))) for i, r in zip(size, roi_size, strict=True)]
+    return len(dense_patch_slices(size, roi_size, interval))
+
+
+@torch.inference_mode()
+def predict_window(
+    network: nn.Module,
+    volume: np.ndarray,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    axis: str = "axial",
+    context: int = 0,
+    output_type: str = "regions",
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Probabilities ``(K, x, y, z)`` from overlapping windows blended with gaussian weights.
+
+    ``roi_size`` of length 3: a 3D network on blocks of the volume. Length 2: a 2D network on
+    tiles of every slice along ``axis`` (2.5D input with ``context`` neighbours). Scores are
+    blended before the activation, as MONAI's inferer does; ``batch_size`` windows run at once.
+    """
+    device = device or torch.device("cpu")
+    network = network.to(device).eval()
+    memory_format = torch.channels_last if device.type == "cpu" and len(roi_size) == 2 else torch.contiguous_format
+    network = network.to(memory_format=memory_format)
+    data = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    if len(roi_size) == 3:
+        images, restore = data[None], lambda scores: scores[0]
+    elif len(roi_size) == 2:
+        axis_index = AXES[axis]
+        slices = data.movedim(1 + axis_index, 0).contiguous()
+        images = context_stack(slices, torch.arange(slices.shape[0]), context)
+
+        def restore(scores: torch.Tensor) -> torch.Tensor:
+            return scores.movedim(0, 1 + axis_index)
+    else:
+        raise ValueError(f"window size must have 2 or 3 values, got {list(roi_size)}")
+    total = window_count(images.shape[2:], roi_size, overlap) * images.shape[0]
+    done = 0
+
+    def run(windows: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        with autocast(device, dtype):
+            scores = network(windows.contiguous(memory_format=memory_format))
+        done += windows.shape[0]
+        if progress:
+            progress(min(done, total), total)
+        return scores.float()
+
+    scores = sliding_window_inference(
+        images, list(roi_size), batch_size, run, overlap=overlap, mode="gaussian", sw_device=device, device="cpu"
+    )
+    return restore(activate(scores, output_type)).numpy()
 
 
 FLIPS = {"none": (), "x": ((0,),), "xy": ((0,), (1,), (0, 1))}

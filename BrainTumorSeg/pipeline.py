@@ -1,13 +1,17 @@
-"""One case from loaded volumes to a label map on the reference grid.
+"""One case from loaded volumes to a label map (and probabilities) on the reference grid.
 
-reorient to canonical RAS -> mask, crop, z-score -> network per model card ->
-labels -> undo the crop and the reorientation. The result is indexed exactly like
+reorient to canonical RAS -> mask, crop, z-score -> every model of the ensemble in its own
+inference mode (with test-time mirroring) -> mean probabilities -> labels -> clean-up -> undo
+the crop and the reorientation. Results are indexed exactly like
 ``sitk.GetArrayFromImage(case.reference)``: same grid as the T1ce input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +20,61 @@ from torch import nn
 
 from .case import MODALITIES, Case
 from .device import autocast_dtype, resolve_device
-from .export import check_writable, write_outputs
+from .errors import InputError
+from .export import check_writable, write_outputs, write_probabilities
 from .geometry import Reorientation
-from .inference import Progress, predict_slices, predict_with_flips
+from .inference import AXES, FLIPS, Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import ModelCard
-from .postprocess import probabilities_to_labels
+from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
 from .preprocess import prepare
+from .probabilities import as_classes, average
+from .progress import RunControl
+
+log = logging.getLogger("brain_tumor_seg")
+
+MODES = ("slices", "dense", "window")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Overrides of a model card's ``inference`` block; ``None`` keeps the card's value.
+
+    ``mode``: ``slices`` (2D, whole slices along ``axis``), ``dense`` (the same for Havaei's patch
+    classifiers: every pixel's patch in one pass), ``window`` (sliding ``window`` of 2 values for a
+    2D network on each slice, 3 for a 3D network, ``overlap`` between windows, gaussian blending).
+    ``flips``: test-time mirroring, ``none``, ``x`` or ``xy``.
+    """
+
+    mode: str | None = None
+    axis: str | None = None
+    window: tuple[int, ...] | None = None
+    overlap: float | None = None
+    flips: str | None = None
+    batch_size: int | None = None
+
+
+def inference_settings(card: ModelCard, options: InferenceOptions | None = None) -> dict:
+    """The card's inference block with ``options`` applied, checked; InputError naming the problem."""
+    overrides = {k: v for k, v in asdict(options or InferenceOptions()).items() if v is not None}
+    settings = {"axis": "axial", "overlap": 0.5, "flips": "none", **card.inference, **overrides}
+    dims = int(card.inference.get("spatial_dims", 2))
+    mode = settings.get("mode")
+    if mode not in MODES:
+        raise InputError(card.path or card.id, f"inference mode {mode!r} is not supported; choose {', '.join(MODES)}")
+    if mode != "window" and dims == 3:
+        raise InputError("--mode", f"model {card.id} is a 3D network and runs in window mode only")
+    if settings["axis"] not in AXES:
+        raise InputError("--axis", f"unknown slice axis {settings['axis']!r}; choose {', '.join(AXES)}")
+    if settings["flips"] not in FLIPS:
+        raise InputError("--tta", f"unknown mirroring {settings['flips']!r}; choose {', '.join(FLIPS)}")
+    if mode == "window":
+        window = settings.get("window") or (128,) * dims
+        if len(window) != dims or min(window) < 1:
+            raise InputError("--window", f"model {card.id} is a {dims}D network; the window needs {dims} positive sizes")
+        if not 0 <= float(settings["overlap"]) < 1:
+            raise InputError("--overlap", "overlap must be at least 0 and below 1")
+        settings["window"] = tuple(int(w) for w in window)
+    return settings
 
 
 def predict_with_card(
@@ -31,19 +84,150 @@ def predict_with_card(
     device: torch.device,
     dtype: torch.dtype | None,
     progress: Progress | None = None,
+    options: InferenceOptions | None = None,
 ) -> np.ndarray:
-    """Probabilities of a prepared canonical volume, run the way the card's ``inference`` block says (no mirroring)."""
-    return predict_slices(
-        network,
-        volume,
-        axis=card.inference.get("axis", "axial"),
-        context=card.context_slices,
-        output_type=card.outputs["type"],
-        batch_size=int(card.inference.get("batch_size", 16)),
-        device=device,
-        dtype=dtype,
-        progress=progress,
-    )
+    """Probabilities of a prepared canonical volume, run in the card's inference mode (no mirroring)."""
+    settings = inference_settings(card, options)
+    common = {
+        "axis": settings["axis"],
+        "context": card.context_slices,
+        "output_type": card.outputs["type"],
+        "device": device,
+        "dtype": dtype,
+        "progress": progress,
+    }
+    if settings["mode"] == "window":
+        batch_size = int(settings.get("batch_size", 4 if len(settings["window"]) == 2 else 1))
+        return predict_window(network, volume, settings["window"], float(settings["overlap"]), batch_size=batch_size, **common)
+    return predict_slices(network, volume, batch_size=int(settings.get("batch_size", 16)), **common)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a GPU out-of-memory error (CUDA's own type, or MPS's RuntimeError)."""
+    return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def with_cpu_fallback(run: Callable[[torch.device], np.ndarray], device: torch.device) -> np.ndarray:
+    """``run(device)``; when a GPU runs out of memory, a warning and ``run(cpu)`` instead."""
+    try:
+        return run(device)
+    except Exception as error:
+        if device.type == "cpu" or not is_out_of_memory(error):
+            raise
+    log.warning("brain-tumor-seg: the %s device ran out of memory; continuing on the CPU (slower)", device.type)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return run(torch.device("cpu"))
+
+
+@dataclass
+class Member:
+    """One model of an ensemble: its card and its loaded network."""
+
+    card: ModelCard
+    network: nn.Module
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: device, precision, inference overrides, clean-up (``None``: the first card's), probabilities."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+    postprocess: PostprocessOptions | None = None
+    probabilities: bool = False
+
+
+@dataclass
+class Segmentation:
+    """Internal labels on the reference grid; with ``RunOptions.probabilities`` also class probabilities ``(4, k, j, i)``."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    models: list[str]
+    postprocess: PostprocessOptions
+
+
+def postprocess_options(cards: Sequence[ModelCard], options: PostprocessOptions | None) -> PostprocessOptions:
+    """Clean-up to apply: the given options, else the first card's ``postprocess`` block (its measured defaults)."""
+    if options is not None:
+        return options
+    try:
+        return PostprocessOptions.from_dict(cards[0].to_json().get("postprocess"))
+    except (TypeError, ValueError) as error:
+        raise InputError(cards[0].path or cards[0].id, f"invalid postprocess block ({error})") from None
+
+
+def predict_member(
+    member: Member, settings: dict, volume: np.ndarray, device: torch.device, precision: str, progress: Callable[[int], Progress]
+) -> np.ndarray:
+    """One model's probabilities, averaged over its mirrorings; ``progress(i)`` is the callback of its ``i``-th pass."""
+    overrides = InferenceOptions(**{k: settings.get(k) for k in ("mode", "axis", "window", "overlap", "batch_size")})
+
+    def run(device: torch.device) -> np.ndarray:
+        dtype = autocast_dtype(device, precision)
+        passes = iter(range(1 + len(FLIPS[settings["flips"]])))  # restarts when the CPU fallback runs again
+
+        def predict(mirrored: np.ndarray) -> np.ndarray:
+            return predict_with_card(member.card, member.network, mirrored, device, dtype, progress(next(passes)), overrides)
+
+        return predict_with_flips(predict, volume, settings["flips"])
+
+    return with_cpu_fallback(run, device)
+
+
+def _offset_progress(for_pass: Callable[[int], Progress], offset: int, index: int) -> Progress:
+    return for_pass(offset + index)
+
+
+def segment(
+    case: Case, members: Sequence[Member], options: RunOptions | None = None, control: RunControl | None = None
+) -> Segmentation:
+    """Segment ``case`` with one model or the mean of several; reports progress and honours cancel through ``control``."""
+    options = options or RunOptions()
+    control = control or RunControl()
+    cards = [m.card for m in members]
+    settings = [inference_settings(card, options.inference) for card in cards]  # checks every member before any work
+    clean_up = postprocess_options(cards, options.postprocess)
+    torch_device = resolve_device(options.device)
+    orientation = Reorientation.of(case.reference)
+
+    names = [
+        f"model {card.id}" + (f", mirror {f} of {len(FLIPS[s['flips']])}" if f else "")
+        for card, s in zip(cards, settings, strict=True)
+        for f in range(1 + len(FLIPS[s["flips"]]))
+    ]
+    for_pass = control.steps("predict", len(names), lambda i: names[i])
+    control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
+    prepared = prepare(orientation.to_canonical(case.data))  # channels in MODALITIES order; one brain mask and crop
+    outputs, first_pass = [], 0
+    for member, setting in zip(members, settings, strict=True):
+        channels = prepared.data[[MODALITIES.index(m) for m in member.card.modalities]]
+        probabilities = predict_member(
+            member, setting, channels, torch_device, options.precision, partial(_offset_progress, for_pass, first_pass)
+        )
+        outputs.append((probabilities, member.card.outputs))
+        first_pass += 1 + len(FLIPS[setting["flips"]])
+
+    control.report("postprocess", 0, 1, "labels and clean-up")
+    mean, decision = average(outputs)
+    mask, crop = prepared.mask, prepared.crop
+    labels = probabilities_to_labels(mean, decision, mask)
+    if clean_up.active:
+        voxel_ml = float(np.prod(case.reference.GetSpacing())) / 1000.0
+        labels = postprocess(labels, clean_up, voxel_ml, mask)
+    labels = orientation.from_canonical(crop.paste(labels))
+    classes = None
+    if options.probabilities:
+        cropped = as_classes(mean, decision)  # the models' mean before clean-up; certain background outside the brain
+        cropped[:, ~mask] = 0
+        cropped[0, ~mask] = 1
+        full = crop.paste(cropped)
+        full[0][~crop.paste(np.ones(mask.shape, bool))] = 1
+        classes = orientation.from_canonical(full)
+    control.report("postprocess", 1, 1, "labels and clean-up")
+    return Segmentation(labels, classes, [c.id for c in cards], clean_up)
 
 
 def segment_case(
@@ -55,65 +239,72 @@ def segment_case(
     progress: Progress | None = None,
     flips: str | None = None,
 ) -> np.ndarray:
-    """Internal labels (0 background, 1 NCR/NET, 2 ED, 3 ET) on the case's reference grid.
+    """Internal labels (0 background, 1 NCR/NET, 2 ED, 3 ET) of one model on the case's reference grid.
 
     ``flips`` (test-time mirroring, see :func:`inference.predict_with_flips`) defaults to the card's ``inference.flips``.
+    ``progress(done, total)`` follows the network passes.
     """
-    mode = card.inference.get("mode")
-    if mode != "slices":
-        raise ValueError(f"model {card.id}: inference mode {mode!r} is not supported")
-    torch_device = resolve_device(device)
-    network = network if network is not None else card.load()
-    orientation = Reorientation.of(case.reference)
-    channels = case.data[[MODALITIES.index(m) for m in card.modalities]]
-    prepared = prepare(orientation.to_canonical(channels))
-
-    dtype = autocast_dtype(torch_device, precision)
-
-    def predict(volume: np.ndarray) -> np.ndarray:
-        return predict_with_card(card, network, volume, torch_device, dtype, progress)
-
-    probabilities = predict_with_flips(predict, prepared.data, flips or card.inference.get("flips", "none"))
-    labels = probabilities_to_labels(probabilities, card.outputs, prepared.mask)
-    return orientation.from_canonical(prepared.crop.paste(labels))
+    control = RunControl(lambda event: progress(event.done, event.total) if progress and event.stage == "predict" else None)
+    options = RunOptions(device, precision, InferenceOptions(flips=flips))
+    member = Member(card, network if network is not None else card.load())
+    return segment(case, [member], options, control).labels
 
 
 def segment_to_folder(
     case: Case,
-    card: ModelCard,
-    network: nn.Module,
+    members: Sequence[Member],
     out: Path,
     case_id: str,
     convention: str = "brats2017",
-    device: str = "auto",
-    precision: str = "auto",
-    flips: str | None = None,
-    progress: Progress | None = None,
+    options: RunOptions | None = None,
+    control: RunControl | None = None,
     report: bool = False,
-) -> tuple[np.ndarray, dict[str, Path]]:
-    """Segment a case and write its outputs (:func:`export.write_outputs`) into ``out``; returns labels and paths.
+) -> tuple[Segmentation, dict[str, Path]]:
+    """Segment a case and write its outputs (:func:`export.write_outputs`) into ``out``; returns the result and paths.
 
-    ``out`` is created when needed and removed again when the run fails and it is still empty,
-    so a failed case leaves nothing behind. With ``report`` a PNG of the result
-    (:func:`report.write_case_report`) is written with the other outputs.
+    Nothing is created before the outputs are complete: ``out`` is only checked at the start, so a
+    failed, cancelled or killed run leaves nothing behind. With ``report`` a PNG of the result
+    (:func:`report.write_case_report`) is written with the other outputs; with
+    ``options.probabilities`` the class probabilities and an uncertainty map.
     """
-    created = check_writable(out)
+    control = control or RunControl()
+    check_writable(out)
+    result = segment(case, members, options, control)
+    control.report("write", 0, 1, f"writing outputs to {out}")
+    extras: dict[str, tuple[str, Callable[[Path], None]]] = {}
+    model_id = "+".join(result.models)
+    if report:
+        from .report import write_case_report  # matplotlib only when asked for
+
+        def write_report(path: Path) -> None:
+            write_case_report(path, case, result.labels, case_id, model_id)
+
+        extras["report"] = (f"{case_id}_report.png", write_report)
+    if result.probabilities is not None:
+        probabilities = result.probabilities
+        extras["probabilities"] = (
+            f"{case_id}_probabilities.nii.gz",
+            lambda path: write_probabilities(path, probabilities, case.reference),
+        )
+        extras["uncertainty"] = (
+            f"{case_id}_uncertainty.nii.gz",
+            lambda path: write_probabilities(path, probabilities, case.reference, uncertainty=True),
+        )
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        labels = segment_case(case, card, network, device=device, precision=precision, progress=progress, flips=flips)
-        extras: dict[str, tuple[str, Callable[[Path], None]]] = {}
-        if report:
-            from .report import write_case_report  # matplotlib only when asked for
-
-            def write_report(path: Path) -> None:
-                write_case_report(path, case, labels, case_id, card.id)
-
-            extras["report"] = (f"{case_id}_report.png", write_report)
-        paths = write_outputs(out, case_id, labels, case.reference, card.id, case.sources, convention, extras)
+        paths = write_outputs(
+            out, case_id, result.labels, case.reference, model_id, case.sources, convention, extras,
+            details={"postprocess": result.postprocess.to_dict(), "models": result.models},
+        )  # fmt: skip
     except BaseException:
-        if created:
-            try:
-                out.rmdir()
-            except OSError:
-                pass
+        _remove_if_empty(out)
         raise
-    return labels, paths
+    control.report("write", 1, 1, f"wrote outputs to {out}")
+    return result, paths
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
