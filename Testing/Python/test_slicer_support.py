@@ -1,0 +1,261 @@
+"""The Slicer-free helpers of the Slicer panel: input guessing, model tooltips, run options, progress lines, dependencies."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from BrainTumorSeg.case import NAME_SUFFIXES
+from BrainTumorSeg.cli import build_parser
+from BrainTumorSeg.cli_events import ProgressLineError, parse_progress_line, volume_rows
+from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, read_requirements, requirements_file
+from BrainTumorSeg.labels import SEGMENTS
+from BrainTumorSeg.models.card import available_models
+from BrainTumorSeg.run_options import (
+    Device,
+    InferenceMode,
+    Mirroring,
+    Postprocessing,
+    RunOptions,
+    SliceAxis,
+    device_argument,
+    segment_arguments,
+)
+from BrainTumorSeg.slicer_inputs import assign_modalities, guess_modality, model_label, model_tooltip
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = {m: f"/data/case_{m}.nrrd" for m in ("t1", "t1ce", "t2", "flair")}
+
+
+# Which volume is which
+
+
+def test_every_brats_file_name_ending_is_recognised():
+    for modality, suffixes in NAME_SUFFIXES.items():
+        for suffix in suffixes:
+            assert guess_modality(f"Brats18_CBICA_AQP_1{suffix}") == modality
+            assert guess_modality(f"BraTS-GLI-00001-000{suffix}.nii.gz") == modality
+
+
+@pytest.mark.parametrize(
+    ("name", "modality"),
+    [
+        ("T1 post contrast", "t1ce"),
+        ("T1_Gd", "t1ce"),
+        ("t1c", "t1ce"),
+        ("AX T2 FLAIR", "flair"),
+        ("T2w", "t2"),
+        ("T1w MPRAGE", "t1"),
+        ("3: T1", "t1"),
+        ("MRHead", None),
+        ("CT chest", None),
+        ("Segmentation", None),
+    ],
+)
+def test_common_volume_names(name, modality):
+    assert guess_modality(name) == modality
+
+
+def test_each_volume_is_used_once_and_the_first_match_wins():
+    names = [("v1", "case_flair"), ("v2", "case_t1ce"), ("v3", "other_t1ce"), ("v4", "case_t1"), ("v5", "MRHead")]
+    assert assign_modalities(names) == {"flair": "v1", "t1ce": "v2", "t1": "v4"}
+
+
+# Model selector
+
+
+def test_model_tooltip_has_description_dice_and_cpu_time():
+    cards = available_models()
+    assert cards, "no bundled model card"
+    for card in cards.values():
+        tip = model_tooltip(card)
+        assert card.description in tip
+        for region, value in card.validation.get("dice", {}).items():
+            assert f"{region} {value:.3f}" in tip
+        assert "CPU time" in tip
+    default = next(c for c in cards.values() if c.default)
+    assert "(default)" in model_label(default)
+
+
+def test_model_tooltip_shows_a_measured_cpu_time():
+    card = next(iter(available_models().values()))
+    card.validation = {"dice": {"WT": 0.9}, "seconds_per_case": 41.6}
+    assert "about 42 s per case" in model_tooltip(card)
+
+
+# Run options -> CLI arguments
+
+
+def test_default_options_leave_the_choices_to_the_model_card():
+    args = segment_arguments(FILES, "/out", RunOptions())
+    assert args == [
+        "segment",
+        *[x for m in ("t1", "t1ce", "t2", "flair") for x in (f"--{m}", FILES[m])],
+        "--out",
+        "/out",
+        "--device",
+        "auto",
+        "--progress",
+        "json",
+    ]
+
+
+def test_every_option_value_is_accepted_by_the_real_cli_parser():
+    parser = build_parser()
+    for axis in SliceAxis:
+        for mode in InferenceMode:
+            for tta in Mirroring:
+                for post in Postprocessing:
+                    options = RunOptions(model="unet2d-axial", device=Device.CPU, axis=axis, mode=mode, tta=tta, postprocess=post)
+                    parsed = parser.parse_args(segment_arguments(FILES, "/out", options))
+                    assert parsed.t1ce == FILES["t1ce"] and parsed.model == "unet2d-axial"
+                    assert (parsed.axis or "") == axis.value and (parsed.mode or "") == mode.value
+                    assert (parsed.tta or "") == tta.value
+    for device in Device:
+        parser.parse_args(segment_arguments(FILES, "/out", RunOptions(device=device)))
+
+
+def test_gpu_means_cuda_or_apple_mps():
+    assert device_argument(Device.GPU, "linux") == "cuda"
+    assert device_argument(Device.GPU, "win32") == "cuda"
+    assert device_argument(Device.GPU, "darwin") == "mps"
+    assert device_argument(Device.CPU, "darwin") == "cpu"
+
+
+def test_all_four_inputs_are_required():
+    with pytest.raises(ValueError, match="flair"):
+        segment_arguments({k: v for k, v in FILES.items() if k != "flair"}, "/out", RunOptions())
+
+
+def test_enum_labels_are_what_the_combo_boxes_show():
+    for enum_type in (Device, SliceAxis, InferenceMode, Mirroring, Postprocessing):
+        labels = [member.label() for member in enum_type]
+        assert all(labels) and len(set(labels)) == len(labels)
+
+
+# Progress lines
+
+
+def test_progress_line_round_trip_and_fraction():
+    event = parse_progress_line('{"stage":"predict","done":500,"total":1000,"message":"model x: 73/146"}')
+    assert (event.stage, event.done, event.total, event.message) == ("predict", 500, 1000, "model x: 73/146")
+    assert 0.05 < event.fraction < 0.85
+    final = parse_progress_line(
+        json.dumps({"stage": "done", "done": 1, "total": 1, "message": "", "outputs": {"labels": "a"}, "volumes_ml": {"WT": 3}})
+    )
+    assert final.finished and final.fraction == 1.0 and final.outputs == {"labels": "a"} and final.volumes_ml == {"WT": 3.0}
+    assert parse_progress_line('{"stage":"load","done":0,"total":0}').fraction == 0.0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Segmented case in 3 s",
+        "[1, 2]",
+        '{"stage":"train","done":0,"total":1}',
+        '{"stage":"load","done":"1","total":1}',
+        '{"stage":"load","done":true,"total":1}',
+        '{"stage":"load","done":-1,"total":1}',
+        '{"stage":"done","done":1,"total":1,"outputs":["a"]}',
+    ],
+)
+def test_lines_outside_the_contract_are_rejected(line):
+    with pytest.raises(ProgressLineError):
+        parse_progress_line(line)
+
+
+def test_volume_rows_list_segments_by_name_then_regions():
+    volumes = {"necrosis": 1.0, "edema": 2.0, "enhancing": 3.0, "WT": 6.0, "TC": 4.0, "ET": 3.0}
+    rows = volume_rows(volumes, {s.key: s.name for s in SEGMENTS})
+    assert [label for label, _ in rows[:3]] == [s.name for s in SEGMENTS]
+    assert [ml for _, ml in rows] == [1.0, 2.0, 3.0, 6.0, 4.0, 3.0]
+    assert rows[3][0].endswith("(WT)")
+
+
+# Dependencies
+
+
+def pyproject_dependencies() -> dict[str, str]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {re.split(r"[<>=!~ ]", d, maxsplit=1)[0]: d for d in deps}
+
+
+def test_requirements_txt_is_pyproject_minus_torch_and_slicers_simpleitk():
+    listed = {name: f"{name}>={floor}" for name, floor in read_requirements()}
+    expected = {name: spec for name, spec in pyproject_dependencies().items() if name not in ("torch", "SimpleITK")}
+    assert listed == expected
+    assert requirements_file() == ROOT / "Resources" / "requirements.txt"
+
+
+def test_torch_floor_matches_pyproject():
+    assert pyproject_dependencies()["torch"] == "torch" + TORCH_REQUIREMENT
+
+
+def test_missing_requirements_finds_absent_and_too_old_packages(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("# comment\nnumpy>=1.0\nnumpy>=999.0\nno-such-package-btseg>=1.0\n\npytest\n")
+    assert missing_requirements(path) == ["numpy>=999.0", "no-such-package-btseg>=1.0"]
+    path.write_text("numpy<2\n")
+    with pytest.raises(ValueError, match="line 1"):
+        missing_requirements(path)
+
+
+def test_everything_is_installed_here():
+    assert missing_requirements() == []
+
+
+def test_what_the_slicer_module_imports_needs_no_torch_or_other_dependency():
+    """At Slicer start-up PyTorch, MONAI, nibabel... may not be installed yet: the module must import without them."""
+    imports = re.findall(r"^from (BrainTumorSeg[\w.]*) import", (ROOT / "BrainTumorSegmentation.py").read_text(), re.M)
+    assert len(imports) >= 5
+    code = (
+        "import sys\n"
+        + "".join(f"import {module}\n" for module in imports)
+        + "heavy = {'torch', 'monai', 'nibabel', 'SimpleITK', 'scipy', 'safetensors', 'nrrd', 'matplotlib'}\n"
+        + "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# Extension metadata and catalog entry
+
+
+def cmake_value(name: str) -> str:
+    match = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    assert match, name
+    return match.group(1)
+
+
+def test_extension_metadata_is_complete():
+    for name in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert cmake_value(f"EXTENSION_{name}").strip(), name
+    assert cmake_value("EXTENSION_DEPENDS") == "PyTorch"
+    raw = "https://raw.githubusercontent.com/BrainTumorSeg/SlicerBrainTumorSegmentation/main/"
+    for url in [cmake_value("EXTENSION_ICONURL"), *cmake_value("EXTENSION_SCREENSHOTURLS").split()]:
+        assert url.startswith(raw) and (ROOT / url.removeprefix(raw)).is_file(), url
+
+
+def test_module_self_test_and_generic_tests_are_registered():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in text
+    assert re.search(r"if\(BUILD_TESTING\)\s+(#[^\n]*\n\s*)*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text)
+    assert "class BrainTumorSegmentationTest(ScriptedLoadableModuleTest)" in (ROOT / "BrainTumorSegmentation.py").read_text()
+
+
+def test_extensions_index_entry_matches_the_build():
+    entry = json.loads((ROOT / "ExtensionsIndex" / "BrainTumorSegmentation.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "build_subdirectory"}
+    allowed |= {"dicom_support_rule", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    assert re.search(r"slicer-extension-catalog-entry-schema-v\d+\.\d+\.\d+\.json#$", entry["$schema"])
+    assert entry["category"] == cmake_value("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == cmake_value("EXTENSION_DEPENDS").split(";")
+    assert entry["scm_url"].removesuffix(".git") == cmake_value("EXTENSION_HOMEPAGE")
+    assert 1 <= entry["tier"] <= 5
