@@ -185,3 +185,23 @@ def test_the_child_finds_the_package_through_pythonpath():
     env = cli_environment({"PYTHONPATH": os.pathsep.join(["/elsewhere", str(PACKAGE_PARENT)])})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(PACKAGE_PARENT), "/elsewhere"]
     assert (Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "BrainTumorSeg" / "cli.py").is_file()
+
+
+def test_inputs_as_the_module_writes_them(cropped_sample, tmp_path):
+    """The module exports the volumes as ``case_<modality>.nrrd``; the result is ``case.seg.nrrd`` on the T1ce grid."""
+    import SimpleITK as sitk
+
+    files = {}
+    for modality, path in sample_inputs(cropped_sample).items():
+        files[modality] = tmp_path / f"case_{modality}.nrrd"
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(files[modality]))
+    process = CliProcess(segment_arguments(files, tmp_path / "output", RunOptions(device=Device.CPU))).start()
+    assert process.wait(300) == 0, process.stderr[-3:]
+    process.poll()
+    segmentation = Path(process.result.outputs["segmentation"])
+    assert segmentation.name == "case.seg.nrrd"
+    result, t1ce = sitk.ReadImage(str(segmentation)), sitk.ReadImage(str(files["t1ce"]))
+    assert result.GetSize() == t1ce.GetSize()
+    assert result.GetOrigin() == pytest.approx(t1ce.GetOrigin())
+    assert result.GetSpacing() == pytest.approx(t1ce.GetSpacing())
+    assert result.GetDirection() == pytest.approx(t1ce.GetDirection())
