@@ -305,7 +305,8 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         p = self._parameterNode
         volumes = {m: getattr(p, f"{m}Volume") for m in MODALITIES}
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+        # No wait cursor while the dependency and replace questions may be on screen.
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation.")):
             if not self.logic.ensureDependencies():
                 self._setStatus(_("PyTorch and the other Python packages are needed to segment."))
                 return
@@ -321,6 +322,7 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 )
                 if not replace:
                     p.outputSegmentation = None
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self.ui.logTextEdit.clear()
             self.ui.volumesTable.setRowCount(0)
             self._run = self.logic.startSegmentation(volumes, self.logic.runOptions(p))
