@@ -21,7 +21,7 @@ from torch import nn
 from .case import MODALITIES, Case
 from .device import autocast_dtype, resolve_device
 from .errors import InputError
-from .export import check_writable, write_outputs, write_probabilities
+from .export import check_writable, make_folder, remove_folders, write_outputs, write_probabilities
 from .geometry import Reorientation
 from .inference import AXES, FLIPS, Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import ModelCard
@@ -268,7 +268,7 @@ def segment_to_folder(
     ``options.probabilities`` the class probabilities and an uncertainty map.
     """
     control = control or RunControl()
-    check_writable(out)
+    check_writable(out, keep=False)
     result = segment(case, members, options, control)
     control.report("write", 0, 1, f"writing outputs to {out}")
     extras: dict[str, tuple[str, Callable[[Path], None]]] = {}
@@ -290,21 +290,14 @@ def segment_to_folder(
             f"{case_id}_uncertainty.nii.gz",
             lambda path: write_probabilities(path, probabilities, case.reference, uncertainty=True),
         )
-    out.mkdir(parents=True, exist_ok=True)
+    created = make_folder(out)
     try:
         paths = write_outputs(
             out, case_id, result.labels, case.reference, model_id, case.sources, convention, extras,
             details={"postprocess": result.postprocess.to_dict(), "models": result.models},
         )  # fmt: skip
     except BaseException:
-        _remove_if_empty(out)
+        remove_folders(created)
         raise
     control.report("write", 1, 1, f"wrote outputs to {out}")
     return result, paths
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

@@ -1,0 +1,253 @@
+"""The inference engine on the real sample: modes, ensembles, progress, cancel, probabilities, device fallback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from BrainTumorSeg.case import resolve_inputs
+from BrainTumorSeg.errors import InputError
+from BrainTumorSeg.geometry import Reorientation
+from BrainTumorSeg.inference import predict_window, window_count
+from BrainTumorSeg.models.card import ModelCard
+from BrainTumorSeg.models.registry import save_weights
+from BrainTumorSeg.pipeline import (
+    InferenceOptions,
+    Member,
+    RunOptions,
+    inference_settings,
+    predict_with_card,
+    segment,
+    segment_to_folder,
+    with_cpu_fallback,
+)
+from BrainTumorSeg.postprocess import PostprocessOptions, probabilities_to_labels
+from BrainTumorSeg.preprocess import prepare
+from BrainTumorSeg.progress import Cancelled, ProgressEvent, RunControl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_card(tmp: Path, model_id: str, architecture: str, config: dict, outputs: dict, inference: dict) -> ModelCard:
+    """A small untrained model written to ``tmp`` (card + safetensors): for mechanics, not quality."""
+    raw = {
+        "id": model_id,
+        "architecture": architecture,
+        "config": config,
+        "inputs": {"modalities": ["t1", "t1ce", "t2", "flair"], "context_slices": 0},
+        "outputs": outputs,
+        "inference": inference,
+    }
+    path = tmp / f"{model_id}.json"
+    path.write_text(json.dumps(raw))
+    card = ModelCard.read(path)
+    torch.manual_seed(0)
+    save_weights(card.build(), card.weights_path)
+    return card
+
+
+REGIONS = {"type": "regions", "channels": ["WT", "TC", "ET"], "threshold": 0.5}
+CLASSES = {"type": "classes", "labels": [0, 1, 2, 3]}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, ModelCard]:
+    tmp = tmp_path_factory.mktemp("engine-models")
+    return {
+        "unet-classes": tiny_card(
+            tmp, "tiny-classes", "unet2d", {"in_channels": 4, "out_channels": 4, "features": [4, 8]}, CLASSES, {"mode": "slices"}
+        ),
+        "segresnet": tiny_card(
+            tmp,
+            "tiny-3d",
+            "segresnet",
+            {"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1], "dropout_prob": None},
+            REGIONS,
+            {"mode": "window", "spatial_dims": 3, "window": [64, 64, 64], "overlap": 0.25},
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def prepared_sample(sample_case):
+    return prepare(Reorientation.of(sample_case.reference).to_canonical(sample_case.data))
+
+
+@pytest.fixture(scope="module")
+def small_case(cropped_sample):
+    """The real sample cropped around its tumor (128 x 160 x 100 voxels), to keep whole-pipeline tests quick."""
+    return resolve_inputs(cropped_sample)
+
+
+@pytest.fixture(scope="module")
+def small_labels(small_case, default_card, default_network) -> np.ndarray:
+    """The default model alone on the small case, written out step by step (not through the ensemble engine)."""
+    orientation = Reorientation.of(small_case.reference)
+    prepared = prepare(orientation.to_canonical(small_case.data))
+    probabilities = predict_with_card(default_card, default_network, prepared.data, torch.device("cpu"), None)
+    labels = probabilities_to_labels(probabilities, default_card.outputs, prepared.mask)
+    return orientation.from_canonical(prepared.crop.paste(labels))
+
+
+def test_sliding_window_with_one_tile_per_slice_equals_slice_wise(default_card, default_network, prepared_sample):
+    """2D patch-wise inference whose tile covers the whole slice gives the slice-wise labels."""
+    volume = prepared_sample.data[..., 50:90]
+    cpu = torch.device("cpu")
+    slices = predict_with_card(default_card, default_network, volume, cpu, None)
+    window = InferenceOptions(mode="window", window=volume.shape[1:3], overlap=0.5)
+    tiles = predict_with_card(default_card, default_network, volume, cpu, None, options=window)
+    np.testing.assert_allclose(tiles, slices, atol=1e-5)
+    assert np.array_equal(tiles > 0.5, slices > 0.5)
+
+
+def test_sliding_window_with_overlapping_tiles_agrees_with_slice_wise(default_card, default_network, prepared_sample):
+    """Smaller overlapping tiles blended by a gaussian change the labels of very few voxels."""
+    volume = prepared_sample.data[..., 70:90]
+    cpu = torch.device("cpu")
+    slices = predict_with_card(default_card, default_network, volume, cpu, None) > 0.5
+    window = InferenceOptions(mode="window", window=(112, 112), overlap=0.25)
+    tiles = predict_with_card(default_card, default_network, volume, cpu, None, options=window) > 0.5
+    assert (tiles != slices).mean() < 0.01
+    assert tiles[0].sum() > 1000  # the slab holds tumor, so agreement is not just background
+
+
+def test_3d_window_progress_counts_every_window(models, prepared_sample):
+    card = models["segresnet"]
+    volume = prepared_sample.data[:, :100, :90, :70]
+    calls: list[tuple[int, int]] = []
+    probabilities = predict_window(card.load(), volume, (64, 64, 64), 0.25, progress=lambda d, t: calls.append((d, t)))
+    assert probabilities.shape == (3, *volume.shape[1:])
+    assert calls[-1] == (window_count(volume.shape[1:], (64, 64, 64), 0.25),) * 2 == (8, 8)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_ensemble_of_one_model_equals_that_model(small_case, default_card, default_network, small_labels):
+    assert small_labels[small_labels == 3].size > 1000  # the crop holds the tumor
+    one = segment(small_case, [Member(default_card, default_network)], RunOptions("cpu", "fp32"))
+    assert np.array_equal(one.labels, small_labels)
+    twice = segment(small_case, [Member(default_card, default_network)] * 2, RunOptions("cpu", "fp32"))
+    assert np.array_equal(twice.labels, small_labels)
+
+
+def test_ensemble_of_region_and_class_models_averages_regions(small_case, default_card, default_network, models):
+    classes = models["unet-classes"]
+    members = [Member(default_card, default_network), Member(classes, classes.load())]
+    result = segment(small_case, members, RunOptions("cpu", "fp32", probabilities=True))
+    assert result.models == [default_card.id, classes.id]
+    assert result.labels.shape == result.probabilities.shape[1:]
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1, atol=1e-4)
+
+
+def test_progress_is_monotonic_per_stage_and_ends_at_total(small_case, default_card, default_network):
+    events: list[ProgressEvent] = []
+    options = RunOptions("cpu", "fp32", InferenceOptions(flips="x"))
+    segment(small_case, [Member(default_card, default_network)], options, RunControl(events.append))
+    stages = [e.stage for e in events]
+    assert stages == sorted(stages, key=["predict", "postprocess"].index)
+    predict = [e for e in events if e.stage == "predict"]
+    assert [e.done for e in predict] == sorted(e.done for e in predict)
+    assert len(predict) > 6 and predict[-1].done == predict[-1].total == 2000  # two passes (mirroring)
+    assert {e.total for e in predict} == {2000}
+    assert events[-1] == ProgressEvent("postprocess", 1, 1, "labels and clean-up")
+
+
+def test_cancel_stops_within_a_second_and_writes_nothing(sample_case, default_card, default_network, tmp_path):
+    out = tmp_path / "out"
+    first_batch = threading.Event()
+    control = RunControl(lambda e: first_batch.set() if e.stage == "predict" and e.done > 0 else None)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            segment_to_folder(
+                sample_case, [Member(default_card, default_network)], out, "case", options=RunOptions("cpu"), control=control
+            )
+        except Cancelled as error:
+            outcome["error"] = error
+        outcome["ended"] = time.perf_counter()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert first_batch.wait(60)
+    cancelled_at = time.perf_counter()
+    control.cancel()
+    worker.join(30)
+    assert isinstance(outcome.get("error"), Cancelled)
+    assert outcome["ended"] - cancelled_at < 1.0
+    assert not out.exists()
+
+
+def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_case, default_card, default_network, tmp_path):
+    result, paths = segment_to_folder(
+        small_case,
+        [Member(default_card, default_network)],
+        tmp_path,
+        "case",
+        options=RunOptions("cpu", "fp32", probabilities=True),
+    )
+    probabilities = nib.load(paths["probabilities"])
+    uncertainty = nib.load(paths["uncertainty"])
+    size = small_case.reference.GetSize()
+    assert probabilities.shape == (*size, 4) and uncertainty.shape == size
+    values = np.asarray(probabilities.dataobj).transpose(3, 2, 1, 0)  # (class, k, j, i) like the label map
+    np.testing.assert_allclose(values.sum(axis=0), 1, atol=4 * 3.1e-5)
+    enhancing = result.labels == 3
+    assert enhancing.any() and (values[3][enhancing] > 0.5).all()  # ET is decided by its own probability
+    entropy = np.asarray(uncertainty.dataobj).transpose(2, 1, 0)
+    assert entropy[result.labels == 0].mean() < entropy[result.labels > 0].mean()
+    info = json.loads(paths["volumes"].read_text())
+    assert info["outputs"]["probabilities"] == str(paths["probabilities"])
+    assert info["postprocess"] == result.postprocess.to_dict() and info["models"] == [default_card.id]
+
+
+def test_keep_largest_only_removes_tumor(small_case, default_card, default_network, small_labels):
+    options = RunOptions("cpu", "fp32", postprocess=PostprocessOptions(keep_largest=True))
+    kept = segment(small_case, [Member(default_card, default_network)], options).labels
+    assert ((kept > 0) <= (small_labels > 0)).all()  # only removes tumor
+    assert np.array_equal(kept[kept > 0], small_labels[kept > 0])
+
+
+def test_cpu_fallback_when_the_gpu_runs_out_of_memory(caplog):
+    devices: list[str] = []
+
+    def run(device: torch.device) -> np.ndarray:
+        devices.append(device.type)
+        if device.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.zeros(1)
+
+    with caplog.at_level("WARNING"):
+        with_cpu_fallback(run, torch.device("cuda"))
+    assert devices == ["cuda", "cpu"]
+    assert "the cuda device ran out of memory; continuing on the CPU" in caplog.text
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # other GPU errors are not hidden
+        with_cpu_fallback(lambda d: (_ for _ in ()).throw(RuntimeError("illegal memory access")), torch.device("cuda"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            InferenceOptions(mode="window", window=(64,)),
+            "--window: model unet2d-axial is a 2D network; the window needs 2 positive sizes",
+        ),
+        (InferenceOptions(mode="window", overlap=1.0), "--overlap: overlap must be at least 0 and below 1"),
+    ],
+)
+def test_bad_inference_options_name_the_option(default_card, options, message):
+    with pytest.raises(InputError) as error:
+        inference_settings(default_card, options)
+    assert str(error.value) == message
+
+
+def test_3d_model_refuses_slice_mode(models):
+    with pytest.raises(InputError) as error:
+        inference_settings(models["segresnet"], InferenceOptions(mode="slices"))
+    assert str(error.value) == "--mode: model tiny-3d is a 3D network and runs in window mode only"
