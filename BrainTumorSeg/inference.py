@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.data.utils import dense_patch_slices
-from monai.inferers import sliding_window_inference
 from torch import nn
 
 from .device import autocast
@@ -79,6 +77,8 @@ def predict_slices(
 
 def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
     """Windows MONAI's sliding-window inferer visits per image (its scan interval: ``int(roi * (1 - overlap))``, min 1)."""
+    from monai.data.utils import dense_patch_slices  # MONAI takes seconds to import: only when windows are used
+
     size = [max(i, r) for i, r in zip(image_size, roi_size, strict=True)]  # the inferer pads up to the window
     interval = [r if r == i else max(1, int(r * (1 - overlap))) for i, r in zip(size, roi_size, strict=True)]
     return len(dense_patch_slices(size, roi_size, interval))
@@ -104,6 +104,8 @@ def predict_window(
     tiles of every slice along ``axis`` (2.5D input with ``context`` neighbours). Scores are
     blended before the activation, as MONAI's inferer does; ``batch_size`` windows run at once.
     """
+    from monai.inferers import sliding_window_inference
+
     device = device or torch.device("cpu")
     network = network.to(device).eval()
     memory_format = torch.channels_last if device.type == "cpu" and len(roi_size) == 2 else torch.contiguous_format
