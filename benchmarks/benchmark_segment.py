@@ -1,8 +1,22 @@
-"""Time the whole CLI run on the full-size sample case (240x240x155) and the network forward alone.
+"""Speed and memory of the inference engine on the full-size sample case (240x240x155), measured in one run.
 
-Run by hand: `.venv/bin/python benchmarks/benchmark_segment.py [--model ID] [--repeats N]`.
-Both figures come from the same invocation on the same machine; the ratio says what the
-pipeline around the network (reading, resampling, cropping, writing) costs.
+Run by hand (not a test; figures depend on the machine):
+
+    .venv/bin/python benchmarks/benchmark_segment.py [--model ID] [--repeats N] [--skip-segresnet]
+
+Prints, each figure from this invocation on this machine:
+
+- the whole CLI run (new process: imports, reading the four files, inference, writing all outputs)
+  and the network forward alone, and their ratio (what the pipeline around the network costs);
+  targets (issue 4): whole run <= 10 s, ratio <= 1.3;
+- peak memory (RSS) of a CLI run; target <= 3 GB;
+- TwoPathCNN (Havaei 2017) dense evaluation of a 96x96 slice region vs classifying every pixel's 33x33
+  patch one by one in batches (the way the seed Keras implementation works): ratio (target >= 100)
+  and whether the labels are identical;
+- the reference most Slicer users run today, MONAI Auto3DSeg's BraTS SegResNet (SegResNetDS, 32
+  initial filters, blocks 1-2-2-4-4, instance norm), 3D sliding window 128^3, overlap 0.625, gaussian,
+  on the same brain-cropped volume our forward gets, same threads (untrained weights: speed only), as a ratio
+  to our default model's forward.
 """
 
 from __future__ import annotations
@@ -17,34 +31,77 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from BrainTumorSeg.case import resolve_inputs
 from BrainTumorSeg.device import autocast_dtype, cpu_has_bf16
 from BrainTumorSeg.geometry import Reorientation
 from BrainTumorSeg.models.card import get_model
+from BrainTumorSeg.models.havaei import TwoPathCNN, extract_patches
 from BrainTumorSeg.pipeline import predict_with_card
 from BrainTumorSeg.preprocess import prepare
 from BrainTumorSeg.resources import sample_case_dir
 
 
-def time_cli(model: str | None, out: Path) -> float:
+def time_cli(model: str | None, out: Path) -> tuple[float, float]:
+    """Seconds and peak RSS (GB) of one `brain-tumor-seg segment --sample` process."""
     command = [sys.executable, "-m", "BrainTumorSeg.cli", "segment", "--sample", "--out", str(out)]
     if model:
         command += ["--model", model]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # max over children so far
+    return seconds, peak / 1024**2
+
+
+def prepared_sample() -> np.ndarray:
+    case = resolve_inputs(sample_case_dir())
+    return prepare(Reorientation.of(case.reference).to_canonical(case.data)).data
+
+
+def time_forward(model: str | None, volume: np.ndarray) -> float:
+    card = get_model(model)
+    network = card.load()
+    device = torch.device("cpu")
+    started = time.perf_counter()
+    predict_with_card(card, network, volume, device, autocast_dtype(device))
     return time.perf_counter() - started
 
 
-def time_forward(model: str | None) -> float:
-    card = get_model(model)
-    network = card.load()
-    case = resolve_inputs(sample_case_dir())
-    prepared = prepare(Reorientation.of(case.reference).to_canonical(case.data))
-    device = torch.device("cpu")
+@torch.inference_mode()
+def twopath_dense_vs_patches(volume: np.ndarray, size: int = 96, batch: int = 256) -> tuple[float, float, bool]:
+    """Seconds of dense and of per-pixel-patch TwoPathCNN evaluation of a ``size``-square region, and label equality."""
+    torch.manual_seed(0)
+    network = TwoPathCNN().eval()
+    axial = torch.from_numpy(np.ascontiguousarray(volume[..., volume.shape[-1] // 2]))  # (4, x, y) mid slice
+    top, left = (axial.shape[1] - size) // 2, (axial.shape[2] - size) // 2
     started = time.perf_counter()
-    predict_with_card(card, network, prepared.data, device, autocast_dtype(device))
+    dense = network(axial[None, :, top : top + size, left : left + size]).argmax(1)[0]
+    dense_seconds = time.perf_counter() - started
+    region = axial[:, top : top + size, left : left + size]
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = torch.stack([rows.ravel(), cols.ravel()], dim=1)
+    started = time.perf_counter()
+    labels = [
+        network.classify_patches(extract_patches(region, centres[i : i + batch], network.patch_size)).argmax(1)
+        for i in range(0, len(centres), batch)
+    ]
+    patch_seconds = time.perf_counter() - started
+    return dense_seconds, patch_seconds, bool(torch.equal(torch.cat(labels).view(size, size), dense))
+
+
+@torch.inference_mode()
+def time_auto3dseg_segresnet(volume: np.ndarray) -> float:
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import SegResNetDS
+
+    network = SegResNetDS(init_filters=32, in_channels=4, out_channels=3, blocks_down=(1, 2, 2, 4, 4), norm="instance").eval()
+    image = torch.from_numpy(np.ascontiguousarray(volume))[None]
+    started = time.perf_counter()
+    sliding_window_inference(image, (128, 128, 128), 1, network, overlap=0.625, mode="gaussian")
     return time.perf_counter() - started
 
 
@@ -52,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model id (default: the default model)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-segresnet", action="store_true", help="skip the MONAI SegResNet reference (minutes)")
     args = parser.parse_args()
     card = get_model(args.model)
     print(
@@ -59,14 +117,26 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; native bf16: {cpu_has_bf16()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        cli = [time_cli(args.model, Path(tmp) / f"run{i}") for i in range(args.repeats)]
-    forward = [time_forward(args.model) for _ in range(args.repeats)]
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        runs = [time_cli(args.model, Path(tmp) / f"run{i}") for i in range(args.repeats)]
+    cli = [seconds for seconds, _ in runs]
+    volume = prepared_sample()
+    forward = [time_forward(args.model, volume) for _ in range(args.repeats)]
     whole, net = statistics.median(cli), statistics.median(forward)
-    print(f"whole CLI run (median of {args.repeats}): {whole:6.2f} s   runs: {', '.join(f'{t:.2f}' for t in cli)}")
-    print(f"network forward alone (median):     {net:6.2f} s   runs: {', '.join(f'{t:.2f}' for t in forward)}")
-    print(f"whole run / forward:                {whole / net:6.2f}")
-    print(f"peak RSS of a CLI run:              {peak_gb:6.2f} GB")
+    print(f"whole CLI run (median of {args.repeats}):  {whole:7.2f} s   runs: {', '.join(f'{t:.2f}' for t in cli)}")
+    print(f"network forward alone (median):      {net:7.2f} s   runs: {', '.join(f'{t:.2f}' for t in forward)}")
+    print(f"whole run / forward:                 {whole / net:7.2f}   (target <= 1.3; whole run target <= 10 s)")
+    print(f"peak RSS of a CLI run:               {max(gb for _, gb in runs):7.2f} GB (target <= 3 GB)")
+    dense, patches, same = twopath_dense_vs_patches(volume)
+    print(
+        f"TwoPathCNN 96x96 region: dense {dense:.3f} s, patch by patch {patches:.2f} s, "
+        f"ratio {patches / dense:.0f}x (target >= 100), same labels: {same}"
+    )
+    if not args.skip_segresnet:
+        reference = time_auto3dseg_segresnet(volume)
+        print(
+            f"MONAI Auto3DSeg BraTS SegResNet, 128^3 window, overlap 0.625: {reference:.1f} s; "
+            f"our default model's forward is {reference / net:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":
