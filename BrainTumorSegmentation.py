@@ -37,7 +37,15 @@ from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, 
 from BrainTumorSeg.labels import SEGMENTS
 from BrainTumorSeg.models.card import available_models
 from BrainTumorSeg.resources import sample_case_dir
-from BrainTumorSeg.run_options import Device, InferenceMode, Mirroring, Postprocessing, RunOptions, SliceAxis, segment_arguments
+from BrainTumorSeg.segment_choices import (
+    Device,
+    InferenceMode,
+    Mirroring,
+    Postprocessing,
+    SegmentChoices,
+    SliceAxis,
+    segment_arguments,
+)
 from BrainTumorSeg.slicer_inputs import MODALITIES, assign_modalities, model_label, model_tooltip
 
 MODALITY_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
@@ -325,7 +333,7 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self.ui.logTextEdit.clear()
             self.ui.volumesTable.setRowCount(0)
-            self._run = self.logic.startSegmentation(volumes, self.logic.runOptions(p))
+            self._run = self.logic.startSegmentation(volumes, self.logic.segmentChoices(p))
             self._log(_("Started: {command}").format(command=" ".join(self._run.process.command)))
             self.ui.progressBar.value = 0
             self._setStatus(_("Starting..."))
@@ -432,8 +440,8 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
         return BrainTumorSegmentationParameterNode(super().getParameterNode())
 
     @staticmethod
-    def runOptions(parameters: BrainTumorSegmentationParameterNode) -> RunOptions:
-        return RunOptions(
+    def segmentChoices(parameters: BrainTumorSegmentationParameterNode) -> SegmentChoices:
+        return SegmentChoices(
             model=parameters.modelId,
             device=parameters.device,
             axis=parameters.axis,
@@ -517,7 +525,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
         """Slicer's own Python interpreter (PythonSlicer), which runs the CLI."""
         return shutil.which("PythonSlicer") or sys.executable
 
-    def startSegmentation(self, volumes: dict, options: RunOptions) -> SegmentationRun:
+    def startSegmentation(self, volumes: dict, options: SegmentChoices) -> SegmentationRun:
         """Write the four volumes to a temporary folder and start the CLI on them; returns at once."""
         missing = [MODALITY_TITLES[m] for m in MODALITIES if volumes.get(m) is None]
         if missing:
@@ -557,7 +565,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             if not self.keepTemporaryFiles:
                 shutil.rmtree(run.folder, ignore_errors=True)
 
-    def process(self, volumes: dict, options: RunOptions, outputSegmentation=None, timeout: float | None = None):
+    def process(self, volumes: dict, options: SegmentChoices, outputSegmentation=None, timeout: float | None = None):
         """Segment and wait (blocking): returns (segmentation node, the CLI's final event)."""
         run = self.startSegmentation(volumes, options)
         try:
@@ -680,7 +688,7 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         self.assertTrue(logic.ensureDependencies(askConfirmation=False))
         volumes = logic.loadSampleCase()
         before = slicer.mrmlScene.GetNumberOfNodes()
-        run = logic.startSegmentation(volumes, RunOptions(device=Device.CPU))
+        run = logic.startSegmentation(volumes, SegmentChoices(device=Device.CPU))
         deadline = time.monotonic() + 300
         while not any(event.stage == "predict" for event in run.process.events) and not run.process.finished:
             self.assertLess(time.monotonic(), deadline, "no prediction progress within 300 s")
@@ -699,7 +707,7 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         logic = BrainTumorSegmentationLogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False))
         volumes = logic.loadSampleCase()
-        segmentationNode, result = logic.process(volumes, RunOptions(device=Device.CPU), timeout=1800)
+        segmentationNode, result = logic.process(volumes, SegmentChoices(device=Device.CPU), timeout=1800)
 
         segmentation = segmentationNode.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]

@@ -19,7 +19,7 @@ import pytest
 from BrainTumorSeg.cli_events import STAGES, CliEvent
 from BrainTumorSeg.cli_process import PACKAGE_PARENT, CliProcess, cli_environment, kill_process_tree, start_process
 from BrainTumorSeg.labels import SEGMENTS
-from BrainTumorSeg.run_options import Device, RunOptions, segment_arguments
+from BrainTumorSeg.segment_choices import Device, SegmentChoices, segment_arguments
 from BrainTumorSeg.slicer_inputs import MODALITIES
 
 POLL_SECONDS = 0.05
@@ -55,7 +55,7 @@ def leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_run(sample_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("slicer-run") / "output"
-    process = CliProcess(segment_arguments(sample_inputs(sample_dir), out, RunOptions(device=Device.CPU))).start()
+    process = CliProcess(segment_arguments(sample_inputs(sample_dir), out, SegmentChoices(device=Device.CPU))).start()
     events, longest_poll = poll_until(process, lambda events: False)
     process.wait(30)
     return process, events, longest_poll, out
@@ -117,7 +117,7 @@ def test_stdout_carries_only_events_and_the_log_goes_elsewhere(finished_run):
 
 def test_cancel_after_first_predict_event_kills_the_tree_and_leaves_nothing(sample_dir, tmp_path):
     out = tmp_path / "output"
-    process = CliProcess(segment_arguments(sample_inputs(sample_dir), out, RunOptions(device=Device.CPU))).start()
+    process = CliProcess(segment_arguments(sample_inputs(sample_dir), out, SegmentChoices(device=Device.CPU))).start()
     events, _ = poll_until(process, lambda events: any(e.stage == "predict" for e in events), timeout=300)
     assert process.running, f"the run ended before it could be cancelled: {process.stderr[-3:]}"
     assert not any(e.finished for e in events)
@@ -170,7 +170,7 @@ def _alive(pid: int) -> bool:
 def test_bad_input_gives_the_cli_one_line_error_and_no_output(sample_dir, tmp_path):
     inputs = sample_inputs(sample_dir) | {"t2": tmp_path / "missing_t2.nii.gz"}
     out = tmp_path / "output"
-    process = CliProcess(segment_arguments(inputs, out, RunOptions(device=Device.CPU))).start()
+    process = CliProcess(segment_arguments(inputs, out, SegmentChoices(device=Device.CPU))).start()
     assert process.wait(300) == 2
     process.poll()
     message = process.error_message()
@@ -195,7 +195,7 @@ def test_inputs_as_the_module_writes_them(cropped_sample, tmp_path):
     for modality, path in sample_inputs(cropped_sample).items():
         files[modality] = tmp_path / f"case_{modality}.nrrd"
         sitk.WriteImage(sitk.ReadImage(str(path)), str(files[modality]))
-    process = CliProcess(segment_arguments(files, tmp_path / "output", RunOptions(device=Device.CPU))).start()
+    process = CliProcess(segment_arguments(files, tmp_path / "output", SegmentChoices(device=Device.CPU))).start()
     assert process.wait(300) == 0, process.stderr[-3:]
     process.poll()
     segmentation = Path(process.result.outputs["segmentation"])

@@ -17,12 +17,12 @@ from BrainTumorSeg.cli_events import ProgressLineError, parse_progress_line, vol
 from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, read_requirements, requirements_file
 from BrainTumorSeg.labels import SEGMENTS
 from BrainTumorSeg.models.card import available_models
-from BrainTumorSeg.run_options import (
+from BrainTumorSeg.segment_choices import (
     Device,
     InferenceMode,
     Mirroring,
     Postprocessing,
-    RunOptions,
+    SegmentChoices,
     SliceAxis,
     device_argument,
     segment_arguments,
@@ -93,7 +93,7 @@ def test_model_tooltip_shows_a_measured_cpu_time():
 
 
 def test_default_options_leave_the_choices_to_the_model_card():
-    args = segment_arguments(FILES, "/out", RunOptions())
+    args = segment_arguments(FILES, "/out", SegmentChoices())
     assert args == [
         "segment",
         *[x for m in ("t1", "t1ce", "t2", "flair") for x in (f"--{m}", FILES[m])],
@@ -112,13 +112,15 @@ def test_every_option_value_is_accepted_by_the_real_cli_parser():
         for mode in InferenceMode:
             for tta in Mirroring:
                 for post in Postprocessing:
-                    options = RunOptions(model="unet2d-axial", device=Device.CPU, axis=axis, mode=mode, tta=tta, postprocess=post)
+                    options = SegmentChoices(
+                        model="unet2d-axial", device=Device.CPU, axis=axis, mode=mode, tta=tta, postprocess=post
+                    )
                     parsed = parser.parse_args(segment_arguments(FILES, "/out", options))
                     assert parsed.t1ce == FILES["t1ce"] and parsed.model == "unet2d-axial"
                     assert (parsed.axis or "") == axis.value and (parsed.mode or "") == mode.value
                     assert (parsed.tta or "") == tta.value
     for device in Device:
-        parser.parse_args(segment_arguments(FILES, "/out", RunOptions(device=device)))
+        parser.parse_args(segment_arguments(FILES, "/out", SegmentChoices(device=device)))
 
 
 def test_gpu_means_cuda_or_apple_mps():
@@ -130,7 +132,7 @@ def test_gpu_means_cuda_or_apple_mps():
 
 def test_all_four_inputs_are_required():
     with pytest.raises(ValueError, match="flair"):
-        segment_arguments({k: v for k, v in FILES.items() if k != "flair"}, "/out", RunOptions())
+        segment_arguments({k: v for k, v in FILES.items() if k != "flair"}, "/out", SegmentChoices())
 
 
 def test_enum_labels_are_what_the_combo_boxes_show():

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 from slicer_api import UI_FILE, dotted, module_tree, parameter_node_fields, ui_loadable_classes, ui_widgets
 
-from BrainTumorSeg import run_options
+from BrainTumorSeg import segment_choices
 
 
 def ui_root() -> ET.Element:
@@ -94,8 +94,8 @@ def test_bound_widgets_have_a_connector_for_the_field_type():
         if widgets[widget] == "qMRMLNodeComboBox":
             assert annotation.startswith("vtkMRML"), (widget, annotation)
         elif widgets[widget] == "QComboBox":
-            enum_type = getattr(run_options, annotation)
-            assert issubclass(enum_type, run_options.enum.Enum), (widget, annotation)
+            enum_type = getattr(segment_choices, annotation)
+            assert issubclass(enum_type, segment_choices.enum.Enum), (widget, annotation)
         else:
             raise AssertionError(f"no connector checked for {widgets[widget]} ({widget})")
 

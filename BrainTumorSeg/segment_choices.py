@@ -69,7 +69,7 @@ def device_argument(device: Device, platform: str = sys.platform) -> str:
 
 
 @dataclass
-class RunOptions:
+class SegmentChoices:
     """Everything but the inputs and the output folder of one ``segment`` run."""
 
     model: str = ""
@@ -80,7 +80,9 @@ class RunOptions:
     postprocess: Postprocessing = Postprocessing.DEFAULT
 
 
-def segment_arguments(inputs: Mapping[str, str | Path], out: str | Path, options: RunOptions, progress: bool = True) -> list[str]:
+def segment_arguments(
+    inputs: Mapping[str, str | Path], out: str | Path, options: SegmentChoices, progress: bool = True
+) -> list[str]:
     """``segment`` arguments for four input files (by modality), an output folder and the options."""
     missing = [m for m in MODALITY_FLAGS if not inputs.get(m)]
     if missing:
