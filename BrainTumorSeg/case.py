@@ -62,6 +62,11 @@ class Case:
     def voxel_volume_ml(self) -> float:
         return float(np.prod(self.reference.GetSpacing())) / 1000.0
 
+    @property
+    def brain(self) -> np.ndarray:
+        """Brain mask on the reference grid: any sequence non-zero (as :func:`preprocess.brain_mask`)."""
+        return np.any(self.data != 0, axis=0)  # the rule of preprocess.brain_mask
+
 
 def image_extension(path: Path) -> str | None:
     """The recognised image extension of ``path`` (lower case), or None."""

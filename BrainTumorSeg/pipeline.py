@@ -215,8 +215,7 @@ def segment(
     mask, crop = prepared.mask, prepared.crop
     labels = probabilities_to_labels(mean, decision, mask)
     if clean_up.active:
-        voxel_ml = float(np.prod(case.reference.GetSpacing())) / 1000.0
-        labels = postprocess(labels, clean_up, voxel_ml, mask)
+        labels = postprocess(labels, clean_up, case.voxel_volume_ml, mask)
     labels = orientation.from_canonical(crop.paste(labels))
     classes = None
     if options.probabilities:

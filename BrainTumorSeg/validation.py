@@ -18,25 +18,53 @@ import numpy as np
 from .case import read_truth, resolve_inputs, truth_file
 from .metrics import mean_region_dice, region_dice
 from .models.card import ModelCard, get_model
-from .pipeline import segment_case
+from .pipeline import InferenceOptions, Member, RunOptions, postprocess_options, segment
+from .postprocess import PostprocessOptions, postprocess
+
+# Clean-up variants compared by ``--compare-postprocess``: one standard setting of each step.
+POSTPROCESS_VARIANTS: dict[str, PostprocessOptions] = {
+    "none": PostprocessOptions(),
+    "closing 1": PostprocessOptions(closing=1),
+    "keep largest": PostprocessOptions(keep_largest=True),
+    "min component 1 mL": PostprocessOptions(min_component_ml=1.0),
+    "ET < 0.5 mL -> core": PostprocessOptions(et_to_core_ml=0.5),
+}
 
 
 def validate(
-    card: ModelCard, data: Path, flips: str | None = None, precision: str = "auto", convention: str = "brats2017"
+    card: ModelCard,
+    data: Path,
+    flips: str | None = None,
+    precision: str = "auto",
+    convention: str = "brats2017",
+    variants: dict[str, PostprocessOptions] | None = None,
 ) -> dict[str, Any]:
-    """Mean and per-case region Dice, and mean seconds per case, on the card's validation cases."""
+    """Mean and per-case region Dice, and mean seconds per case, on the card's validation cases.
+
+    The card's own clean-up applies. With ``variants`` the network runs once per case and each
+    clean-up variant is scored on its raw labels too (``result["postprocess"][name]``: mean Dice).
+    """
     network = card.load()
     per_case, seconds = {}, []
+    by_variant: dict[str, dict[str, dict[str, float]]] = {name: {} for name in variants or {}}
+    own = postprocess_options([card], None)
     for case_id in card.training["split"]["validation"]:
         folder = data / case_id
         started = time.perf_counter()
         case = resolve_inputs(folder)
-        labels = segment_case(case, card, network, device="cpu", precision=precision, flips=flips)
+        options = RunOptions("cpu", precision, InferenceOptions(flips=flips), PostprocessOptions() if variants else None)
+        raw = segment(case, [Member(card, network)], options).labels
+        labels = postprocess(raw, own, case.voxel_volume_ml, case.brain) if variants and own.active else raw
         seconds.append(time.perf_counter() - started)
         truth = read_truth(truth_file(folder), convention=convention)
         per_case[case_id] = {k: round(v, 4) for k, v in region_dice(labels, truth).items()}
-    mean = mean_region_dice(per_case)
-    return {"dice": mean, "per_case": per_case, "seconds_per_case": round(float(np.mean(seconds)), 1)}
+        for name, variant in (variants or {}).items():
+            cleaned = postprocess(raw, variant, case.voxel_volume_ml, case.brain)
+            by_variant[name][case_id] = region_dice(cleaned, truth)
+    result = {"dice": mean_region_dice(per_case), "per_case": per_case, "seconds_per_case": round(float(np.mean(seconds)), 1)}
+    if variants:
+        result["postprocess"] = {name: mean_region_dice(scores) for name, scores in by_variant.items()}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,13 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=("none", "x", "xy"), help="test-time mirroring (default: the card's)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--write", action="store_true", help="store the result in the model card")
+    parser.add_argument(
+        "--compare-postprocess",
+        action="store_true",
+        help="also score standard clean-up variants (network run once per case) to choose the card's postprocess block",
+    )
     args = parser.parse_args(argv)
     card = get_model(args.model, args.models_dir)
-    result = validate(card, args.data, args.tta, args.precision)
+    result = validate(
+        card, args.data, args.tta, args.precision, variants=POSTPROCESS_VARIANTS if args.compare_postprocess else None
+    )
     for case_id, scores in result["per_case"].items():
         print(f"{case_id:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"{'mean':<24} " + "  ".join(f"{k} {v:.4f}" for k, v in result["dice"].items()))
     print(f"seconds per case (read + segment): {result['seconds_per_case']}")
+    for name, scores in result.get("postprocess", {}).items():
+        print(f"{'clean-up: ' + name:<32} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     if args.write:
         card.validation.update(result, flips=args.tta or card.inference.get("flips", "none"))
         card.write(card.path)
