@@ -1,0 +1,42 @@
+"""`brain-tumor-seg validate` on a real case: Dice through the shipping path, clean-up variants from one pass."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from BrainTumorSeg.models.card import ModelCard
+from BrainTumorSeg.validation import POSTPROCESS_VARIANTS, main, validate
+
+
+@pytest.fixture(scope="module")
+def one_case_card(tmp_path_factory, default_card, cropped_sample):
+    """The default model with a split whose only validation case is the cropped real sample."""
+    folder = tmp_path_factory.mktemp("validate-model")
+    raw = default_card.to_json()
+    raw["training"] = dict(raw["training"], split={"train": [], "validation": [cropped_sample.name]})
+    raw.pop("postprocess", None)
+    (folder / f"{default_card.id}.json").write_text(json.dumps(raw))
+    shutil.copy(default_card.weights_path, folder / default_card.weights_path.name)
+    return ModelCard.read(folder / f"{default_card.id}.json"), cropped_sample.parent
+
+
+def test_variants_score_the_same_raw_labels(one_case_card):
+    card, data = one_case_card
+    result = validate(card, data, precision="fp32", variants=POSTPROCESS_VARIANTS)
+    assert set(result["postprocess"]) == set(POSTPROCESS_VARIANTS)
+    assert result["postprocess"]["none"] == pytest.approx(result["dice"], abs=1e-4)  # the card has no clean-up
+    assert result["dice"]["WT"] > 0.8
+    assert result["postprocess"]["keep largest"]["WT"] >= result["dice"]["WT"] - 0.05
+
+
+def test_write_stores_the_result_in_the_card(one_case_card, capsys):
+    card, data = one_case_card
+    assert main(["--model", card.id, "--models-dir", str(card.path.parent), "--data", str(data), "--write"]) == 0
+    stored = json.loads(card.path.read_text())["validation"]
+    assert list(stored["per_case"]) == card.training["split"]["validation"]
+    assert stored["dice"]["WT"] > 0.8
+    assert stored["seconds_per_case"] > 0
+    assert "mean" in capsys.readouterr().out
