@@ -13,8 +13,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
@@ -34,15 +36,14 @@ from .evaluation import (
     summarize,
 )
 from .export import check_writable
-from .inference import AXES, FLIPS
 from .labels import CONVENTIONS
 from .metrics import region_dice
-from .models.card import available_models, get_model
-from .models.registry import ARCHITECTURES
-from .pipeline import MODES, InferenceOptions, Member, RunOptions, inference_settings, postprocess_options, segment_to_folder
-from .postprocess import PostprocessOptions
+from .models.card import AXES, FLIPS, MODES, available_models, get_model
 from .progress import Cancelled, RunControl, json_lines
 from .resources import sample_case_dir
+
+if TYPE_CHECKING:  # PyTorch is imported only by the commands that run a network (`models`, `evaluate` start fast)
+    from .pipeline import Member, RunOptions
 
 log = logging.getLogger("brain_tumor_seg")
 
@@ -126,6 +127,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def load_members(args: argparse.Namespace) -> list[Member]:
     """The models named by ``--model`` (comma-separated) with their networks loaded."""
+    from .pipeline import Member
+
     ids = [m.strip() for m in args.model.split(",")] if args.model else [None]
     if "" in ids:
         raise InputError("--model", f"empty model id in {args.model!r}")
@@ -135,6 +138,9 @@ def load_members(args: argparse.Namespace) -> list[Member]:
 
 def run_options(args: argparse.Namespace, members: list[Member]) -> RunOptions:
     """Run options from the command line; checks every model's inference settings before any work."""
+    from .pipeline import InferenceOptions, RunOptions, inference_settings, postprocess_options
+    from .postprocess import PostprocessOptions
+
     inference = InferenceOptions(
         mode=args.mode, axis=args.axis, window=tuple(args.window) if args.window else None, overlap=args.overlap, flips=args.tta
     )
@@ -170,12 +176,22 @@ def run_segment(args: argparse.Namespace) -> int:
     control = RunControl(json_lines(sys.stdout) if as_json else None)
     started = time.perf_counter()
     control.report("load", 0, 1, "reading the model(s) and the four volumes")
-    members = load_members(args)
-    options = run_options(args, members)
-    case = resolve_inputs(input_path, **files)
+    # The volumes are read (I/O and decompression, which release the GIL) while PyTorch is imported
+    # and the model loaded; errors still surface in the order: model, then inputs.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reading = pool.submit(resolve_inputs, input_path, **files)
+        try:
+            members = load_members(args)
+            options = run_options(args, members)
+        except BaseException:
+            reading.cancel()
+            raise
+        case = reading.result()
     truth_labels = read_truth(truth, case.reference) if truth else None
     control.report("load", 1, 1, "read the model(s) and the four volumes")
     case_id = case_id_of(input_path, files["t1ce"])
+    from .pipeline import segment_to_folder
+
     with terminate_as_exit():
         result, paths = segment_to_folder(case, members, out, case_id, args.labels, options, control, args.report)
     seconds = time.perf_counter() - started
@@ -274,6 +290,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     options = run_options(args, members)
     model_id = "+".join(m.card.id for m in members)
     check_writable(args.out)
+    from .pipeline import segment_to_folder
 
     def segment(case_id: str, folder: Path, out: Path, report: bool, progress: Callable[[int, int], None]) -> None:
         case = resolve_inputs(folder)
@@ -313,6 +330,8 @@ def architecture_citation(architecture: object) -> str:
 
 def run_architectures(as_json: bool) -> int:
     """Every architecture a model card can name, its default configuration's parameter count, and its paper."""
+    from .models.registry import ARCHITECTURES
+
     rows = []
     for name, architecture in ARCHITECTURES.items():
         parameters = sum(p.numel() for p in architecture().parameters())

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from .device import autocast
+from .models.card import AXES, FLIPS
 
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 Progress = Callable[[int, int], None]
 
 
@@ -138,9 +138,6 @@ def predict_window(
         images, list(roi_size), batch_size, run, overlap=overlap, mode="gaussian", sw_device=device, device="cpu"
     )
     return restore(activate(scores, output_type)).numpy()
-
-
-FLIPS = {"none": (), "x": ((0,),), "xy": ((0,), (1,), (0, 1))}
 
 
 def predict_with_flips(predict: Callable[[np.ndarray], np.ndarray], volume: np.ndarray, flips: str = "none") -> np.ndarray:

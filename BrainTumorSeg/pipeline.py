@@ -23,16 +23,14 @@ from .device import autocast_dtype, resolve_device
 from .errors import InputError
 from .export import check_writable, make_folder, remove_folders, write_outputs, write_probabilities
 from .geometry import Reorientation
-from .inference import AXES, FLIPS, Progress, predict_slices, predict_window, predict_with_flips
-from .models.card import ModelCard
+from .inference import Progress, predict_slices, predict_window, predict_with_flips
+from .models.card import AXES, FLIPS, MODES, ModelCard
 from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
 from .preprocess import prepare
 from .probabilities import as_classes, average
 from .progress import RunControl
 
 log = logging.getLogger("brain_tumor_seg")
-
-MODES = ("slices", "dense", "window")
 
 
 @dataclass(frozen=True)

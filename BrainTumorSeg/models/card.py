@@ -35,6 +35,13 @@ ARCHITECTURE_NAMES = (
 )
 MODELS_ENV = "BRAIN_TUMOR_SEG_MODELS"
 
+# The vocabulary of a card's ``inference`` block (see pipeline.InferenceOptions).
+MODES = ("slices", "dense", "window")
+# Slice axes by anatomical name -> axis of the canonical RAS array (x, y, z).
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+# Test-time mirroring -> the sets of canonical axes mirrored in each extra pass.
+FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {"none": (), "x": ((0,),), "xy": ((0,), (1,), (0, 1))}
+
 
 @dataclass
 class ModelCard:
