@@ -713,8 +713,8 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
         self.assertEqual(names, [spec.name for spec in SEGMENTS])
         for spec in SEGMENTS:
-            segment = segmentation.GetSegment(spec.key)
-            terminology = segment.GetTag(segment.GetTerminologyEntryTagName())
+            # GetTag needs an output argument in Python; GetTerminology (Slicer >= 5.10) returns the tag's value.
+            terminology = segmentation.GetSegment(spec.key).GetTerminology()
             self.assertIn(spec.type_code.split("^")[1], terminology)
         self.assertEqual(
             segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()).GetID(),
