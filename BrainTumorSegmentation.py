@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -522,8 +521,15 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def pythonExecutable() -> str:
-        """Slicer's own Python interpreter (PythonSlicer), which runs the CLI."""
-        return shutil.which("PythonSlicer") or sys.executable
+        """Slicer's own Python interpreter (PythonSlicer), which runs the CLI.
+
+        Slicer puts PythonSlicer on PATH. There is no fallback to ``sys.executable``: inside the
+        Slicer application that is SlicerApp-real, which would start another Slicer.
+        """
+        path = shutil.which("PythonSlicer")
+        if not path:
+            raise RuntimeError(_("PythonSlicer, Slicer's Python interpreter, was not found on PATH."))
+        return path
 
     def startSegmentation(self, volumes: dict, options: SegmentChoices) -> SegmentationRun:
         """Write the four volumes to a temporary folder and start the CLI on them; returns at once."""
