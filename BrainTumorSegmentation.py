@@ -632,13 +632,26 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def fingerprint(segmentationNode) -> str:
-        """Segment ids, names and voxel counts: changes when the user edits the segmentation."""
+        """Segment ids, names and voxel counts: changes when the user edits the segmentation.
+
+        Counts are read from each segment's own (possibly shared) labelmap, voxels equal to its label
+        value: this needs no reference volume and adds no node to the scene. A segment without a binary
+        labelmap counts -1.
+        """
         segmentation = segmentationNode.GetSegmentation()
         entries = []
         for index in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(index)
-            voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId)
-            entries.append([segmentId, segmentation.GetSegment(segmentId).GetName(), int((voxels > 0).sum())])
+            segment = segmentation.GetSegment(segmentId)
+            labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+            if labelmap is None:
+                voxels = -1
+            elif labelmap.IsEmpty():
+                voxels = 0
+            else:
+                array = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentationNode, segmentId)
+                voxels = int((array == segment.GetLabelValue()).sum())
+            entries.append([segmentId, segment.GetName(), voxels])
         return json.dumps(sorted(entries))
 
     def hasUserEdits(self, segmentationNode) -> bool:
