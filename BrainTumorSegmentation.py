@@ -328,11 +328,14 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                     windowTitle=_("Replace edited segmentation?"),
                 )
                 if not replace:
-                    p.outputSegmentation = None
+                    p.outputSegmentation = target = None
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self.ui.logTextEdit.clear()
             self.ui.volumesTable.setRowCount(0)
+            # Remember what the output looks like now: if it is edited while the CLI runs, the result goes elsewhere.
+            targetFingerprint = self.logic.fingerprint(target) if target is not None else None
             self._run = self.logic.startSegmentation(volumes, self.logic.segmentChoices(p))
+            self._run.target, self._run.targetFingerprint = target, targetFingerprint
             self._log(_("Started: {command}").format(command=" ".join(self._run.process.command)))
             self.ui.progressBar.value = 0
             self._setStatus(_("Starting..."))
@@ -368,7 +371,7 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         try:
             with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
                 try:
-                    node = self.logic.finishSegmentation(run, self._parameterNode.outputSegmentation)
+                    node = self.logic.finishSegmentation(run, self._runTarget(run))
                 except RuntimeError as error:
                     self._log(_("Error: {message}").format(message=error))
                     self._setStatus(_("Failed: {message}").format(message=error))
@@ -381,6 +384,23 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 self.ui.show3DButton.checked = False
         finally:
             self._updateGui()
+
+    def _runTarget(self, run: SegmentationRun):
+        """The segmentation a finished run writes into: None (a new node) if the chosen one was deleted or edited meanwhile."""
+        target = run.target
+        if target is None:
+            return None
+        if not slicer.mrmlScene.IsNodePresent(target):
+            self._log(_("The output segmentation was deleted during the run; the result goes into a new segmentation."))
+            return None
+        if self.logic.fingerprint(target) != run.targetFingerprint:
+            self._log(
+                _("Segmentation '{name}' was changed during the run; the result goes into a new segmentation.").format(
+                    name=target.GetName()
+                )
+            )
+            return None
+        return target
 
     def _showProgress(self, event: CliEvent) -> None:
         self.ui.progressBar.value = int(round(event.fraction * self.ui.progressBar.maximum))
@@ -426,6 +446,8 @@ class SegmentationRun:
         self.folder = folder
         self.process = process
         self.started = time.monotonic()
+        self.target = None  # the output segmentation chosen at start (None: a new node)
+        self.targetFingerprint = None  # BrainTumorSegmentationLogic.fingerprint(target) at start
 
 
 class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
