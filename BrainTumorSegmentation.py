@@ -430,7 +430,10 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def onEditButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to open Segment Editor."), waitCursor=True):
-            self.logic.openInSegmentEditor(self._resultNode, self._parameterNode.t1ceVolume)
+            # The T1ce the result was computed from (its reference geometry), even if the selector changed since.
+            node = self._resultNode
+            source = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) or self._parameterNode.t1ceVolume
+            self.logic.openInSegmentEditor(node, source)
 
 
 #
