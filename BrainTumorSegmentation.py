@@ -32,7 +32,7 @@ from slicer.util import VTKObservationMixin
 
 from BrainTumorSeg.cli_events import CliEvent, volume_rows
 from BrainTumorSeg.cli_process import CliProcess
-from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, requirements_file
+from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, requirements_file, torch_too_old
 from BrainTumorSeg.labels import SEGMENTS
 from BrainTumorSeg.models.card import available_models
 from BrainTumorSeg.resources import sample_case_dir
@@ -514,6 +514,13 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             logging.info("PyTorch is required; installing it may take several minutes.")
             if torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 return False
+        elif oldTorch := torch_too_old():  # installTorch is not asked to upgrade a torch this process may have imported
+            raise RuntimeError(
+                _(
+                    "PyTorch {version} is installed, this module needs torch{requirement}. Install PyTorch with that "
+                    "version requirement in the PyTorch Utils module, then restart Slicer."
+                ).format(version=oldTorch, requirement=TORCH_REQUIREMENT)
+            )
         requirements = requirements_file()
         try:
             import slicer.packaging as packaging

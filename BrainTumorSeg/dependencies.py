@@ -59,3 +59,17 @@ def missing_requirements(path: Path | None = None) -> list[str]:
         if installed is None or (minimum and version_tuple(installed) < version_tuple(minimum)):
             missing.append(f"{name}>={minimum}" if minimum else name)
     return missing
+
+
+def installed_below(name: str, minimum: str) -> str | None:
+    """The installed version of distribution ``name`` if it is older than ``minimum``, else None (also when absent)."""
+    try:
+        installed = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return installed if version_tuple(installed) < version_tuple(minimum) else None
+
+
+def torch_too_old() -> str | None:
+    """The installed PyTorch version if it is below :data:`TORCH_REQUIREMENT`, else None."""
+    return installed_below("torch", TORCH_REQUIREMENT.removeprefix(">="))

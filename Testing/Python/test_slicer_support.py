@@ -14,7 +14,14 @@ import tomllib
 from BrainTumorSeg.case import NAME_SUFFIXES
 from BrainTumorSeg.cli import build_parser
 from BrainTumorSeg.cli_events import ProgressLineError, parse_progress_line, volume_rows
-from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, read_requirements, requirements_file
+from BrainTumorSeg.dependencies import (
+    TORCH_REQUIREMENT,
+    installed_below,
+    missing_requirements,
+    read_requirements,
+    requirements_file,
+    torch_too_old,
+)
 from BrainTumorSeg.labels import SEGMENTS
 from BrainTumorSeg.models.card import available_models
 from BrainTumorSeg.segment_choices import (
@@ -206,6 +213,13 @@ def test_missing_requirements_finds_absent_and_too_old_packages(tmp_path):
     path.write_text("numpy<2\n")
     with pytest.raises(ValueError, match="line 1"):
         missing_requirements(path)
+
+
+def test_installed_below_reports_only_an_installed_version_under_the_floor():
+    assert installed_below("numpy", "999.0") is not None
+    assert installed_below("numpy", "1.0") is None
+    assert installed_below("no-such-package-btseg", "1.0") is None
+    assert torch_too_old() is None  # this environment meets the floor (or has no torch)
 
 
 def test_everything_is_installed_here():
