@@ -528,10 +528,13 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             packaging = None
         if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer >= 5.12
             try:
+                # skip_in_testing: pip_ensure installs nothing in testing mode unless told; without a question
+                # (the self-test) install, as the fallback below does.
                 packaging.pip_ensure(
                     packaging.load_requirements(requirements),
                     prompt_install=askConfirmation,
                     requester=_("Brain Tumor Segmentation"),
+                    skip_in_testing=askConfirmation,
                 )
             except RuntimeError:  # the user declined
                 return False
