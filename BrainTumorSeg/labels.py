@@ -47,9 +47,13 @@ class Segment:
 
     @property
     def terminology(self) -> str:
-        """The segment's terminology entry as 3D Slicer serializes it in a .seg.nrrd."""
+        """The segment's terminology entry as 3D Slicer serializes it in a .seg.nrrd.
+
+        The DICOM master list is the context that holds all three types (the General Anatomy list lacks
+        SCT 86049000 "Neoplasm, Primary"), so Slicer's terminology selector finds every segment.
+        """
         return (
-            "Segmentation category and type - 3D Slicer General Anatomy list"
+            "Segmentation category and type - DICOM master list"
             f"~{_CATEGORY}~{self.type_code}~^^"
             f"~Anatomic codes - DICOM master list~{_ANATOMY}~^^"
         )
