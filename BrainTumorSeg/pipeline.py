@@ -152,7 +152,7 @@ def postprocess_options(cards: Sequence[ModelCard], options: PostprocessOptions 
     if options is not None:
         return options
     try:
-        return PostprocessOptions.from_dict(cards[0].to_json().get("postprocess"))
+        return PostprocessOptions.from_dict(cards[0].postprocess)
     except (TypeError, ValueError) as error:
         raise InputError(cards[0].path or cards[0].id, f"invalid postprocess block ({error})") from None
 

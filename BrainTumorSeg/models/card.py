@@ -54,6 +54,7 @@ class ModelCard:
     outputs: dict[str, Any]
     inference: dict[str, Any]
     path: Path | None = None
+    postprocess: dict[str, Any] = field(default_factory=dict)  # clean-up defaults (postprocess.PostprocessOptions)
     name: str = ""
     description: str = ""
     default: bool = False

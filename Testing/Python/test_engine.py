@@ -28,7 +28,7 @@ from BrainTumorSeg.pipeline import (
     segment_to_folder,
     with_cpu_fallback,
 )
-from BrainTumorSeg.postprocess import PostprocessOptions, probabilities_to_labels
+from BrainTumorSeg.postprocess import PostprocessOptions, postprocess, probabilities_to_labels
 from BrainTumorSeg.preprocess import prepare
 from BrainTumorSeg.progress import Cancelled, ProgressEvent, RunControl
 
@@ -87,13 +87,20 @@ def small_case(cropped_sample):
 
 
 @pytest.fixture(scope="module")
-def small_labels(small_case, default_card, default_network) -> np.ndarray:
-    """The default model alone on the small case, written out step by step (not through the ensemble engine)."""
+def small_raw_labels(small_case, default_card, default_network) -> np.ndarray:
+    """The default model alone on the small case before clean-up, written out step by step (not through the engine)."""
     orientation = Reorientation.of(small_case.reference)
     prepared = prepare(orientation.to_canonical(small_case.data))
     probabilities = predict_with_card(default_card, default_network, prepared.data, torch.device("cpu"), None)
     labels = probabilities_to_labels(probabilities, default_card.outputs, prepared.mask)
     return orientation.from_canonical(prepared.crop.paste(labels))
+
+
+@pytest.fixture(scope="module")
+def small_labels(small_case, default_card, small_raw_labels) -> np.ndarray:
+    """... and after the clean-up its card asks for."""
+    clean_up = PostprocessOptions.from_dict(default_card.postprocess)
+    return postprocess(small_raw_labels, clean_up, small_case.voxel_volume_ml, small_case.brain)
 
 
 def test_sliding_window_with_one_tile_per_slice_equals_slice_wise(default_card, default_network, prepared_sample):
@@ -190,7 +197,7 @@ def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_c
         [Member(default_card, default_network)],
         tmp_path,
         "case",
-        options=RunOptions("cpu", "fp32", probabilities=True),
+        options=RunOptions("cpu", "fp32", postprocess=PostprocessOptions(), probabilities=True),  # raw labels
     )
     probabilities = nib.load(paths["probabilities"])
     uncertainty = nib.load(paths["uncertainty"])
@@ -207,11 +214,11 @@ def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_c
     assert info["postprocess"] == result.postprocess.to_dict() and info["models"] == [default_card.id]
 
 
-def test_keep_largest_only_removes_tumor(small_case, default_card, default_network, small_labels):
+def test_keep_largest_only_removes_tumor(small_case, default_card, default_network, small_raw_labels):
     options = RunOptions("cpu", "fp32", postprocess=PostprocessOptions(keep_largest=True))
     kept = segment(small_case, [Member(default_card, default_network)], options).labels
-    assert ((kept > 0) <= (small_labels > 0)).all()  # only removes tumor
-    assert np.array_equal(kept[kept > 0], small_labels[kept > 0])
+    assert ((kept > 0) <= (small_raw_labels > 0)).all()  # only removes tumor
+    assert np.array_equal(kept[kept > 0], small_raw_labels[kept > 0])
 
 
 def test_cpu_fallback_when_the_gpu_runs_out_of_memory(caplog):
