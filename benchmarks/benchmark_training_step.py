@@ -1,6 +1,9 @@
 """Seconds per training step (forward, backward, AdamW) of model-card templates on random input, to plan training runs.
 
-Run by hand: `.venv/bin/python benchmarks/benchmark_training_step.py training/pspnet-axial.json [...] [--batch 16 --crop 160 192]`.
+Run by hand:
+
+    .venv/bin/python benchmarks/benchmark_training_step.py training/pspnet-axial.json [...] [--batch 16 --crop 160 192]
+
 Data sampling and augmentation are not included (they add about 0.5-1 s per step in `brain-tumor-seg train`).
 """
 
@@ -43,7 +46,8 @@ def main() -> None:
     for path in args.cards:
         card = ModelCard.read(path)
         parameters = sum(p.numel() for p in card.build().parameters())
-        print(f"{card.id:<24} {parameters / 1e6:6.2f} M parameters  {step_seconds(card, args.batch, tuple(args.crop)):6.2f} s/step")
+        seconds = step_seconds(card, args.batch, tuple(args.crop))
+        print(f"{card.id:<24} {parameters / 1e6:6.2f} M parameters  {seconds:6.2f} s/step")
 
 
 if __name__ == "__main__":
