@@ -1,0 +1,55 @@
+"""On-the-fly augmentation of 2D training batches (slices or patches), on whole batches at once.
+
+Flips on both in-plane axes, a rotation of +-15 degrees with a scale of 0.85-1.15 (probability
+0.7), per-sequence intensity gain and shift, and noise (probability 0.2): the spatial and
+intensity augmentations the strongest BraTS systems report (e.g. Isensee et al. 2018,
+arXiv:1809.10483), in a form cheap enough for a CPU. Targets are channel masks (regions, or a
+one-hot of classes) warped with the image, or ``None`` for patches whose target is the label of
+their centre pixel (a rotation and scale about the patch centre keep that pixel where it is).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def augment(
+    x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, sequences: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Augmented copies of ``x`` ``(B, C, H, W)`` and target masks ``y`` ``(B, K, H, W)`` (or None)."""
+    b = x.shape[0]
+    for dim in (2, 3):
+        flip = torch.rand(b, generator=generator) < 0.5
+        x[flip] = x[flip].flip(dim)
+        if y is not None:
+            y[flip] = y[flip].flip(dim)
+    apply = (torch.rand(b, generator=generator) < 0.7).float()
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(15) * apply
+    scale = 1 + (torch.rand(b, generator=generator) * 0.3 - 0.15) * apply
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if y is not None:
+        y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    brain = (x != 0).float()
+    groups = x.view(b, -1, sequences, *x.shape[2:])  # (B, slices, sequences, H, W)
+    gain = 1 + 0.1 * torch.randn(b, 1, sequences, 1, 1, generator=generator)
+    shift = 0.1 * torch.randn(b, 1, sequences, 1, 1, generator=generator)
+    x = (groups * gain + shift).view_as(x) * brain
+    noisy = (torch.rand(b, 1, 1, 1, generator=generator) < 0.2).float()
+    x = x + noisy * 0.05 * torch.randn(x.shape, generator=generator) * brain
+    return x, y
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Internal labels ``(B, H, W)`` -> float one-hot ``(B, classes, H, W)``."""
+    return F.one_hot(labels.long(), classes).movedim(-1, 1).float()
+
+
+def from_one_hot(masks: torch.Tensor) -> torch.Tensor:
+    """Warped one-hot masks ``(B, K, H, W)`` -> labels ``(B, H, W)``; pixels no mask claims after warping are 0."""
+    return torch.where(masks.any(dim=1), masks.argmax(dim=1), 0)
