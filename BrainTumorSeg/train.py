@@ -1,12 +1,14 @@
-"""Training a slice-wise 2D network on BraTS-style cases, writing weights and a complete model card.
+"""``brain-tumor-seg train``: train any registered architecture on BraTS-style cases; write weights and a complete model card.
 
-Cases are read with the same code as inference (:mod:`case`, :mod:`geometry`,
-:mod:`preprocess`) and cached as float16 canonical arrays. Each step samples
-axial slices (a chosen fraction containing tumor), crops them to a fixed size,
-and augments the batch on the fly (flips, rotation, scaling, per-sequence
-intensity scale and shift, noise). Region outputs (WT, TC, ET as overlapping
-sigmoid channels) train with soft Dice + binary cross-entropy. Validation runs
-the real inference path on whole validation cases and reports BraTS region Dice.
+The model-card template (``--card``, or the architecture's default from :mod:`recipes` with
+``--architecture``) says what the network is and how it runs at inference; its ``training`` block
+(the recipe, overridden by flags) says how it trains. The architecture decides the sampler
+(:mod:`training_data`): 2D slice networks on slices, Havaei et al.'s patch classifiers on patches in
+the paper's two phases (arXiv:1505.03540; :mod:`havaei_training`), SegResNet on 3D blocks. Losses
+from :mod:`losses`; fixed seeds; bf16 autocast only on CPUs with native bf16 (fp32 otherwise);
+validation with BraTS WT/TC/ET Dice through the real inference path
+(:func:`pipeline.predict_with_card` + :func:`postprocess.probabilities_to_labels`); checkpoints and
+resume; DistributedDataParallel under ``torchrun`` (:mod:`distributed`).
 """
 
 from __future__ import annotations
@@ -15,40 +17,46 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from .case import MODALITIES, read_image, resolve_inputs, truth_file
+from . import distributed
+from .augmentation import augment, from_one_hot, one_hot
+from .case import MODALITIES
 from .device import autocast, autocast_dtype, resolve_device
-from .geometry import Reorientation
-from .inference import AXES, context_stack
-from .labels import from_convention, region_masks
+from .errors import InputError
+from .havaei_training import PatchClassification, apply_max_norm, l1_penalty, load_first_cnn, output_layer
+from .labels import region_masks
+from .losses import LOSSES, Loss
 from .metrics import mean_region_dice, region_dice
-from .models.card import ModelCard
+from .models.card import ARCHITECTURE_NAMES, ModelCard
 from .models.registry import save_weights
 from .pipeline import predict_with_card
 from .postprocess import probabilities_to_labels
-from .preprocess import prepare
+from .recipes import CASCADES, HAVAEI, Recipe, default_template, keras_variant
+from .training_data import CLASSES, BlockSampler, CachedCase, PatchSampler, SliceSampler, load_training_case, shard
+from .training_progress import TrainingProgress
 
 log = logging.getLogger("brain_tumor_seg.train")
 
-
-@dataclass
-class CachedCase:
-    """One training case: normalised channels ``(4, x, y, z)`` float16 and internal labels ``(x, y, z)``."""
-
-    case_id: str
-    data: np.ndarray
-    labels: np.ndarray
+# Test hook: each rank writes its final fp32 weights as rank<r>.safetensors into this folder.
+RANK_WEIGHTS_ENV = "BRAIN_TUMOR_SEG_RANK_WEIGHTS"
+AUGMENTATION = {
+    "slices": "flips (both in-plane axes), rotation +-15 deg and scale 0.85-1.15 (p 0.7), per-sequence gain/shift, noise (p 0.2)",
+    "patches": "flips, rotation +-15 deg and scale 0.85-1.15 about the centre pixel (p 0.7), per-sequence gain/shift, noise",
+    "blocks": "MONAI RandFlipd on 3 axes (p 0.5 each), RandScaleIntensityd 0.1 and RandShiftIntensityd 0.1 per sequence",
+}
 
 
 def cpu_name() -> str:
@@ -62,115 +70,14 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase:
-    """Read, reorient, crop and normalise one case with its labels; cached as .npz."""
-    cached = cache / f"{folder.name}.npz"
-    if cached.is_file():
-        with np.load(cached) as z:
-            return CachedCase(folder.name, z["data"], z["labels"])
-    case = resolve_inputs(folder)
-    orientation = Reorientation.of(case.reference)
-    truth = sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16)  # labels checked after the crop
-    prepared = prepare(orientation.to_canonical(case.data))
-    labels = from_convention(orientation.to_canonical(truth)[prepared.crop.slices], convention)
-    cache.mkdir(parents=True, exist_ok=True)
-    data = prepared.data.astype(np.float16)
-    np.savez(cached, data=data, labels=labels)
-    return CachedCase(folder.name, data, labels)
-
-
 def region_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Internal labels ``(B, H, W)`` -> float WT/TC/ET targets ``(B, 3, H, W)``."""
+    """Internal labels ``(B, ...)`` -> float WT/TC/ET targets ``(B, 3, ...)``."""
     masks = region_masks(labels.numpy())
     return torch.from_numpy(np.stack([masks[k] for k in ("WT", "TC", "ET")], axis=1).astype(np.float32))
 
 
-class SliceSampler:
-    """Random 2.5D slices along one axis, a fraction of them through tumor, cropped or padded to ``size``."""
-
-    def __init__(self, cases: list[CachedCase], axis: str, context: int, size: tuple[int, int], tumor_fraction: float, seed: int):
-        self.axis = AXES[axis]
-        self.context = context
-        self.size = size
-        self.tumor_fraction = tumor_fraction
-        self.rng = np.random.default_rng(seed)
-        self.slices = [torch.from_numpy(c.data).movedim(1 + self.axis, 0) for c in cases]  # (S, C, H, W) views
-        self.labels = [torch.from_numpy(c.labels).movedim(self.axis, 0) for c in cases]
-        self.tumor_index = [np.flatnonzero(lab.flatten(1).any(dim=1).numpy()) for lab in self.labels]
-
-    def _window(self, length: int, want: int, centre: int | None) -> tuple[int, int]:
-        """Start in the array and offset in the output for a window of ``want`` along an axis of ``length``."""
-        if length >= want:
-            if centre is None:
-                start = int(self.rng.integers(0, length - want + 1))
-            else:
-                start = int(np.clip(centre - want // 2 + self.rng.integers(-want // 4, want // 4 + 1), 0, length - want))
-            return start, 0
-        return 0, int(self.rng.integers(0, want - length + 1))
-
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = [], []
-        for _ in range(batch):
-            c = int(self.rng.integers(len(self.slices)))
-            slices, lab = self.slices[c], self.labels[c]
-            tumor = self.rng.random() < self.tumor_fraction and len(self.tumor_index[c])
-            s = int(self.rng.choice(self.tumor_index[c])) if tumor else int(self.rng.integers(slices.shape[0]))
-            x = context_stack(slices, torch.tensor([s]), self.context)[0].float()
-            y = lab[s]
-            centre = None
-            if tumor:
-                points = torch.nonzero(y)
-                centre = points[int(self.rng.integers(len(points)))].tolist()
-            out_x = torch.zeros((x.shape[0], *self.size))
-            out_y = torch.zeros(self.size, dtype=torch.uint8)
-            src, dst = [], []
-            for a in range(2):
-                start, offset = self._window(y.shape[a], self.size[a], None if centre is None else centre[a])
-                n = min(y.shape[a], self.size[a])
-                src.append(slice(start, start + n))
-                dst.append(slice(offset, offset + n))
-            out_x[:, dst[0], dst[1]] = x[:, src[0], src[1]]
-            out_y[dst[0], dst[1]] = y[src[0], src[1]]
-            inputs.append(out_x)
-            labels.append(out_y)
-        return torch.stack(inputs), torch.stack(labels)
-
-
-def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch augmentation: flips, rotation +-15 deg and scale 0.85-1.15 (p 0.7), per-sequence intensity scale/shift, noise."""
-    b = x.shape[0]
-    for dim in (2, 3):
-        flip = torch.rand(b, generator=generator) < 0.5
-        x[flip] = x[flip].flip(dim)
-        y[flip] = y[flip].flip(dim)
-    apply = (torch.rand(b, generator=generator) < 0.7).float()
-    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(15) * apply
-    scale = 1 + (torch.rand(b, generator=generator) * 0.3 - 0.15) * apply
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
-    brain = (x != 0).float()
-    groups = x.view(b, -1, sequences, *x.shape[2:])  # (B, slices, sequences, H, W)
-    gain = 1 + 0.1 * torch.randn(b, 1, sequences, 1, 1, generator=generator)
-    shift = 0.1 * torch.randn(b, 1, sequences, 1, 1, generator=generator)
-    x = (groups * gain + shift).view_as(x) * brain
-    noisy = (torch.rand(b, 1, 1, 1, generator=generator) < 0.2).float()
-    x = x + noisy * 0.05 * torch.randn(x.shape, generator=generator) * brain
-    return x, y
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per output channel over the whole batch, averaged over channels."""
-    prob = torch.sigmoid(logits)
-    dims = (0, 2, 3)
-    inter = (prob * target).sum(dims)
-    return (1 - (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean()
-
-
 def evaluate(
-    network: torch.nn.Module, card: ModelCard, cases: list[CachedCase], device: torch.device, dtype: torch.dtype | None
+    network: nn.Module, card: ModelCard, cases: list[CachedCase], device: torch.device, dtype: torch.dtype | None
 ) -> dict:
     """Mean and per-case BraTS region Dice on whole cases through the real inference path."""
     per_case = {}
@@ -185,136 +92,398 @@ def evaluate(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="brain-tumor-seg train", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--card", required=True, type=Path, help="model card template (architecture, config, inputs, outputs, inference)"
+    what = p.add_argument_group("what to train (a template, an architecture's default template, or both)")
+    what.add_argument("--card", type=Path, help="model-card template (architecture, config, inputs, outputs, inference, recipe)")
+    what.add_argument("--architecture", choices=ARCHITECTURE_NAMES, help="the architecture's default template (recipes.py)")
+    what.add_argument("--config", help="JSON object or JSON file merged into the template's network configuration")
+    what.add_argument("--id", help="model id (default: the template's)")
+    what.add_argument(
+        "--havaei-variant",
+        choices=("paper", "keras"),
+        default="paper",
+        help="Havaei CNNs: the paper's procedure or the Keras one",
     )
+    what.add_argument("--first-cnn", type=Path, help="cascades: weights (safetensors) of a trained TwoPathCNN, kept fixed")
     p.add_argument("--data", required=True, type=Path, help="folder of BraTS-named case folders")
     p.add_argument("--split", required=True, type=Path, help='JSON {"train": [ids], "validation": [ids]}')
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "brain-tumor-seg")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--crop", type=int, nargs=2, default=(160, 192))
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--tumor-fraction", type=float, default=0.7)
-    p.add_argument("--validate-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    recipe = p.add_argument_group("recipe overrides (default: the template's training block)")
+    recipe.add_argument("--steps", type=int, help="steps of phase 1 (the only phase unless --phase2-steps)")
+    recipe.add_argument("--phase2-steps", type=int, help="Havaei phase 2: steps training only the output layer, natural labels")
+    recipe.add_argument("--batch", type=int)
+    recipe.add_argument("--crop", type=int, nargs=2, help="slice crop size")
+    recipe.add_argument("--block", type=int, nargs=3, help="3D block size")
+    recipe.add_argument("--loss", choices=LOSSES)
+    recipe.add_argument("--optimizer", choices=("adamw", "sgd"))
+    recipe.add_argument("--lr", type=float)
+    recipe.add_argument("--tumor-fraction", type=float)
+    recipe.add_argument("--validate-every", type=int)
+    recipe.add_argument("--seed", type=int)
+    recipe.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (also written at validation)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--convention", default="brats2017", help="label convention of the ground-truth files")
-    return p.parse_args(argv)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or step lines")
+    args = p.parse_args(argv)
+    if not args.card and not args.architecture:
+        p.error("give --card TEMPLATE or --architecture NAME")
+    return args
+
+
+def read_json_argument(value: str) -> dict[str, Any]:
+    """A JSON object given inline or as a file name."""
+    inline = value.lstrip()[:1] in ("{", "[")
+    try:
+        parsed = json.loads(value if inline else Path(value).read_text())
+    except OSError as error:
+        raise InputError("--config", f"neither JSON nor a readable file ({error.strerror})") from None
+    except ValueError as error:
+        raise InputError("--config", f"not JSON ({error})") from None
+    if not isinstance(parsed, dict):
+        raise InputError("--config", "must be a JSON object")
+    return parsed
+
+
+def build_template(args: argparse.Namespace) -> tuple[ModelCard, Recipe]:
+    """The card to train and its recipe: template (or the architecture's default), variant, --config and flag overrides."""
+    if args.card:
+        template = json.loads(args.card.read_text())
+        if args.architecture and template.get("architecture") != args.architecture:
+            raise InputError(args.card, f"is a {template.get('architecture')} template, not {args.architecture}")
+    else:
+        template = default_template(args.architecture)
+    architecture = template.get("architecture")
+    if architecture not in ARCHITECTURE_NAMES:
+        raise InputError(args.card or "--architecture", f"unknown architecture {architecture!r}")
+    if args.havaei_variant == "keras":
+        if architecture not in HAVAEI:
+            raise InputError("--havaei-variant", f"the Keras variant is for Havaei's CNNs, not {architecture}")
+        template = keras_variant(template)
+    if args.config:
+        template["config"] = {**template["config"], **read_json_argument(args.config)}
+    if args.id:
+        template["id"] = args.id
+    # a template's own recipe, else (e.g. a template written before recipes) the architecture's default recipe
+    raw = template.get("training") or default_template(architecture)["training"]
+    recipe = Recipe.from_dict({k: v for k, v in raw.items() if not (k == "loss" and v not in LOSSES)})
+    for name in ("steps", "phase2_steps", "batch", "crop", "block", "loss", "optimizer", "lr", "tumor_fraction"):
+        if getattr(args, name) is not None:
+            setattr(recipe, name, list(getattr(args, name)) if name in ("crop", "block") else getattr(args, name))
+    for name in ("validate_every", "seed", "augment"):
+        if getattr(args, name) is not None:
+            setattr(recipe, name, getattr(args, name))
+    known = {k: v for k, v in template.items() if k in ModelCard.__dataclass_fields__ and k not in ("path", "training")}
+    card = ModelCard(**known)
+    card.training, card.validation, card.weights = {}, {}, ""
+    try:
+        recipe.check(architecture, card.outputs["type"])
+    except ValueError as error:
+        raise InputError(args.card or "--architecture", str(error)) from None
+    return card, recipe
+
+
+@dataclass
+class Phase:
+    """A stretch of training: up to global step ``end``, on ``balance``-sampled data, all layers or the output layer only."""
+
+    name: str
+    end: int
+    balance: str
+    output_only: bool
+
+    def describe(self, steps: int) -> dict[str, Any]:
+        trained = "output layer only (others fixed)" if self.output_only else "all layers (a cascade's first CNN fixed)"
+        return {"name": self.name, "steps": steps, "labels": self.balance, "trained": trained}
+
+
+def plan_phases(recipe: Recipe) -> list[Phase]:
+    if recipe.sampler != "patches":
+        return [Phase("training", recipe.steps, "tumor fraction", False)]
+    phases = [Phase("phase 1", recipe.steps, recipe.balance, False)]
+    if recipe.phase2_steps:
+        phases.append(Phase("phase 2", recipe.steps + recipe.phase2_steps, "natural", True))
+    return phases
+
+
+def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: list[CachedCase], phase: Phase, seed: int):
+    axis = card.inference.get("axis", "axial")
+    if recipe.sampler == "patches":
+        return PatchSampler(cases, axis, network.patch_size, phase.balance, seed)
+    if recipe.sampler == "blocks":
+        return BlockSampler(cases, tuple(recipe.block), recipe.block_ratios, seed)
+    return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed)
+
+
+def make_batch(recipe: Recipe, sampler: Any, output_type: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented batch: inputs, and targets as the loss wants them (region masks, or int64 labels)."""
+    x, labels = sampler.sample(recipe.batch)
+    if recipe.sampler == "patches":
+        if recipe.augment:
+            x, _ = augment(x, None, generator, len(MODALITIES))
+        return x, labels.long()
+    if recipe.sampler == "blocks":  # augmented by the sampler's MONAI transforms
+        return x, region_targets(labels) if output_type == "regions" else labels.long()
+    masks = region_targets(labels) if output_type == "regions" else one_hot(labels, CLASSES)
+    if recipe.augment:
+        x, masks = augment(x, masks, generator, len(MODALITIES))
+    return x, masks if output_type == "regions" else from_one_hot(masks).long()
+
+
+def make_optimizer(recipe: Recipe, parameters: list[nn.Parameter], steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The recipe's optimizer over ``parameters`` with linear warm-up then cosine decay over ``steps``."""
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum[0], weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    warmup = max(1, min(100, steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))),
+    )
+    return optimizer, schedule
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, recipe: Recipe, fraction: float) -> None:
+    """SGD momentum ramped linearly from ``momentum[0]`` to ``momentum[1]`` over phase 1 (Havaei: 0.5 -> 0.9)."""
+    if recipe.optimizer == "sgd":
+        start, end = recipe.momentum
+        for group in optimizer.param_groups:
+            group["momentum"] = start + (end - start) * min(1.0, fraction)
+
+
+def set_trainable(network: nn.Module, phase: Phase) -> list[nn.Parameter]:
+    """Freeze what the phase does not train; returns the trained parameters (a cascade's frozen first CNN never trains)."""
+    frozen_first = getattr(network, "freeze_first", False)
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(not (frozen_first and name.startswith("first.")))
+    if phase.output_only:
+        network.requires_grad_(False)
+        output_layer(network).requires_grad_(True)
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def train_mode(network: nn.Module, phase: Phase) -> None:
+    """Training mode; in an output-only phase, batch statistics of the fixed layers stay as they are."""
+    network.train()
+    if phase.output_only:
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def checkpoint_state(network: nn.Module, optimizer: Any, schedule: Any, step: int, phase: int, extra: dict) -> dict:
+    return {
+        "network": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "step": step,
+        "phase": phase,
+        **extra,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
-    dtype = autocast_dtype(device)
-    card = ModelCard.read(args.card)
+    try:
+        card, recipe = build_template(args)
+    except InputError as error:
+        print(f"brain-tumor-seg train: error: {error}", file=sys.stderr)
+        return 2
+    context = distributed.start(resolve_device(args.device))
+    try:
+        return train(args, card, recipe, context, argv)
+    except InputError as error:
+        print(f"brain-tumor-seg train: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        context.shutdown()
+
+
+def train(
+    args: argparse.Namespace, card: ModelCard, recipe: Recipe, context: distributed.Distributed, argv: list[str] | None
+) -> int:
+    device, main_rank = context.device, context.is_main
+    dtype = autocast_dtype(device, args.precision)
+    if not main_rank:
+        logging.getLogger().setLevel(logging.WARNING)
+    torch.manual_seed(recipe.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     split = json.loads(args.split.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
-
+    started_at = datetime.now(timezone.utc)
     started = time.time()
-    train_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["train"]]
-    val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]]
+    train_ids = shard(list(split["train"]), context.rank, context.world_size)
+    train_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in train_ids]
+    val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]] if main_rank else []
     log.info("loaded %d training and %d validation cases in %.0f s", len(train_cases), len(val_cases), time.time() - started)
 
-    network = card.build().to(device)
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    network = network.to(memory_format=memory_format)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4)
-    warmup = min(100, args.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, args.steps - warmup))),
-    )
+    network = card.build()
+    first_cnn: dict[str, str] = {}
+    if card.architecture in CASCADES and card.config.get("freeze_first"):
+        if args.first_cnn is None:
+            raise InputError("--first-cnn", f"{card.architecture} trains with a fixed first CNN: give trained TwoPathCNN weights")
+        first_cnn = {"weights": args.first_cnn.name, "sha256": load_first_cnn(network, args.first_cnn)}
+    spatial_3d = recipe.sampler == "blocks"
+    memory_format = torch.channels_last if device.type == "cpu" and not spatial_3d else torch.contiguous_format
+    network = network.to(device).to(memory_format=memory_format)
+    loss_fn = Loss(recipe.loss, card.outputs["type"])
+    phases = plan_phases(recipe)
+    total = phases[-1].end
+
     checkpoint = args.out / "checkpoint.pt"
-    step = 0
-    history: list[dict] = []
+    step, resumed_phase, history, elapsed, state = 0, 0, [], 0.0, None
     if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
+        state = torch.load(checkpoint, weights_only=True, map_location="cpu")
         network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step = int(state["step"])
-        history = json.loads((args.out / "history.json").read_text()) if (args.out / "history.json").is_file() else []
+        step, resumed_phase = int(state["step"]), int(state["phase"])
+        history, elapsed = list(state.get("history", [])), float(state.get("minutes", 0.0))
         log.info("resumed at step %d", step)
+    losses_log = args.out / "losses.jsonl"
+    progress = TrainingProgress(total, step, enabled=main_rank and not args.quiet)
+    optimizer = schedule = None
+    running = None
 
-    sampler = SliceSampler(
-        train_cases, card.inference["axis"], card.context_slices, tuple(args.crop), args.tumor_fraction, args.seed + step
-    )
-    generator = torch.Generator().manual_seed(args.seed + step)
-    train_started, first_step = time.time(), step
-    running = 0.0
-    while step < args.steps:
-        network.train()
-        x, labels = sampler.sample(args.batch)
-        y = region_targets(labels)
-        x, y = augment(x, y, generator, len(MODALITIES))
-        x = x.contiguous(memory_format=memory_format).to(device)
-        y = y.to(device)
-        with autocast(device, dtype):
-            logits = network(x)
-        logits = logits.float()
-        loss = F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        step += 1
-        value = float(loss.detach())
-        running = 0.98 * running + 0.02 * value if step > 1 else value
-        if step % 20 == 0:
-            rate = (time.time() - train_started) / (step - first_step)
-            log.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, args.steps, running, schedule.get_last_lr()[0], rate)
-        if step % args.validate_every == 0 or step == args.steps:
-            network.eval()
-            result = evaluate(network, card, val_cases, device, dtype)
-            history.append(
-                {"step": step, "loss": round(running, 4), "minutes": round((time.time() - started) / 60, 1), **result["dice"]}
-            )
-            log.info("validation at step %d: %s", step, result["dice"])
-            torch.save(
-                {
-                    "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "step": step,
-                },
-                checkpoint,
-            )
-            (args.out / "history.json").write_text(json.dumps(history, indent=1))
+    def save(step: int, phase_index: int) -> None:
+        if main_rank:
+            minutes = elapsed + (time.time() - started) / 60
+            extra = {"history": history, "minutes": minutes}
+            partial = checkpoint.with_suffix(".partial")
+            torch.save(checkpoint_state(network, optimizer, schedule, step, phase_index, extra), partial)
+            partial.replace(checkpoint)
 
-    minutes = (time.time() - started) / 60
+    for phase_index, phase in enumerate(phases):
+        begin = phases[phase_index - 1].end if phase_index else 0
+        if step >= phase.end:
+            continue
+        model = None  # release the previous phase's DDP wrapper (and its gradient hooks) first
+        parameters = set_trainable(network, phase)
+        view = PatchClassification(network) if recipe.sampler == "patches" else network
+        model = context.wrap(view)
+        optimizer, schedule = make_optimizer(recipe, parameters, phase.end - begin)
+        if state is not None and resumed_phase == phase_index and step > begin:
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        seed = recipe.seed + step + 1_000_003 * context.rank  # each rank (and each resumption) draws its own share
+        sampler = make_sampler(recipe, card, network, train_cases, phase, seed)
+        generator = torch.Generator().manual_seed(seed)
+        while step < phase.end:
+            train_mode(network, phase)
+            x, target = make_batch(recipe, sampler, card.outputs["type"], generator)
+            x = x.to(device).contiguous(memory_format=memory_format) if not spatial_3d else x.to(device)
+            target = target.to(device)
+            if not phase.output_only:
+                set_momentum(optimizer, recipe, (step - begin) / max(1, phase.end - begin))
+            with autocast(device, dtype):
+                logits = model(x)
+            loss = loss_fn(logits, target)
+            if recipe.l1:
+                loss = loss + recipe.l1 * l1_penalty(network)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if recipe.max_norm:
+                apply_max_norm(network, recipe.max_norm)
+            step += 1
+            value = context.mean(float(loss.detach()))
+            running = value if running is None else 0.95 * running + 0.05 * value
+            lr = schedule.get_last_lr()[0]
+            if main_rank:
+                with losses_log.open("a") as f:
+                    f.write(json.dumps({"step": step, "phase": phase.name, "loss": round(value, 6), "lr": lr}) + "\n")
+            progress.update(step, running, lr, phase.name if len(phases) > 1 else "")
+            at_end = step == phase.end
+            if step % recipe.validate_every == 0 or at_end:
+                if main_rank:
+                    network.eval()
+                    result = evaluate(network, card, val_cases, device, dtype)
+                    minutes = round(elapsed + (time.time() - started) / 60, 1)
+                    history.append(
+                        {"step": step, "phase": phase.name, "loss": round(running, 4), "minutes": minutes, **result["dice"]}
+                    )
+                    progress.message(f"validation at step {step}: {result['dice']}")
+                save(step, phase_index)
+                context.barrier()
+            elif step % args.checkpoint_every == 0:
+                save(step, phase_index)
+
+    rank_weights = os.environ.get(RANK_WEIGHTS_ENV)
+    if rank_weights:
+        save_weights(network.cpu(), Path(rank_weights) / f"rank{context.rank}.safetensors", dtype=torch.float32)
+    if not main_rank:
+        return 0
+    minutes = elapsed + (time.time() - started) / 60
+    write_card(args, card, recipe, network, phases, val_cases, history, first_cnn, argv, minutes, started_at, context, dtype)
+    return 0
+
+
+def write_card(
+    args: argparse.Namespace,
+    card: ModelCard,
+    recipe: Recipe,
+    network: nn.Module,
+    phases: list[Phase],
+    val_cases: list[CachedCase],
+    history: list[dict],
+    first_cnn: dict[str, str],
+    argv: list[str] | None,
+    minutes: float,
+    started_at: datetime,
+    context: distributed.Distributed,
+    dtype: torch.dtype | None,
+) -> None:
+    """Write ``<id>.safetensors`` (fp16 unless that moves a validation Dice by more than 0.005) and the completed card."""
+    network = network.cpu().eval()
     weights = args.out / f"{card.id}.safetensors"
-    save_weights(network.cpu(), weights)
     card.path = args.out / f"{card.id}.json"
     card.weights = weights.name
-    shipped = card.load()
-    final = evaluate(shipped, card, val_cases, torch.device("cpu"), autocast_dtype(torch.device("cpu")))
+    save_weights(network, weights, dtype=torch.float16)
+    cpu = torch.device("cpu")
+    final = evaluate(card.load(), card, val_cases, cpu, autocast_dtype(cpu, args.precision))
+    weights_dtype = "float16"
+    fp32 = {k: history[-1][k] for k in ("WT", "TC", "ET")} if history else final["dice"]
+    if any(abs(final["dice"][k] - fp32[k]) > 0.005 for k in fp32):
+        save_weights(network, weights, dtype=torch.float32)
+        final = evaluate(card.load(), card, val_cases, cpu, autocast_dtype(cpu, args.precision))
+        weights_dtype = "float32"
+    phase_steps = [p.end - (phases[i - 1].end if i else 0) for i, p in enumerate(phases)]
+    command = argv if argv is not None else sys.argv[1:]
+    prefix = f"torchrun --nproc_per_node {context.world_size} " if context.enabled else ""
     card.training = {
-        "command": "brain-tumor-seg train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": prefix + "brain-tumor-seg train " + " ".join(shlex.quote(str(a)) for a in command),
+        "architecture": card.architecture,
         "data": str(args.data.name),
-        "split": {"train": split["train"], "validation": split["validation"]},
-        "steps": args.steps,
-        "batch": args.batch,
-        "crop": list(args.crop),
-        "learning_rate": args.lr,
-        "tumor_fraction": args.tumor_fraction,
-        "loss": "soft Dice + binary cross-entropy on WT/TC/ET",
-        "augmentation": (
-            "flips (both in-plane axes), rotation +-15 deg and scale 0.85-1.15 (p 0.7), per-sequence gain/shift, noise (p 0.2)"
-        ),
-        "optimizer": "AdamW, weight decay 1e-4, linear warm-up then cosine decay",
-        "seed": args.seed,
+        "split": {"train": list(json.loads(args.split.read_text())["train"]), "validation": [c.case_id for c in val_cases]},
+        **recipe.to_dict(),
+        "loss_description": {
+            "ce": "cross-entropy",
+            "weighted-ce": "class-weighted cross-entropy",
+            "dice-ce": "soft Dice + cross-entropy",
+        }[recipe.loss]
+        + (" on WT/TC/ET (sigmoid)" if card.outputs["type"] == "regions" else " over labels 0-3 (softmax)"),
+        "phases": [p.describe(n) for p, n in zip(phases, phase_steps, strict=True)],
+        "augmentation": AUGMENTATION[recipe.sampler] if recipe.augment else "none",
+        **({"first_cnn": first_cnn} if first_cnn else {}),
+        "started": started_at.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "minutes": round(minutes, 1),
-        "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, precision {dtype or 'fp32'}",
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "processes": context.world_size,
         "history": history,
     }
-    card.validation = {"cases": len(val_cases), "weights_dtype": "float16", **final}
+    card.validation = {
+        "cases": len(val_cases),
+        "method": "BrainTumorSeg.train.evaluate: pipeline.predict_with_card + postprocess.probabilities_to_labels "
+        "+ metrics.region_dice on the cached, cropped validation cases",
+        "weights_dtype": weights_dtype,
+        "dice_fp32": fp32,
+        **final,
+    }
     card.write(card.path)
     log.info("wrote %s and %s; validation Dice %s", weights, card.path, final["dice"])
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,49 +1,119 @@
-"""The training command runs end to end on real cases and writes weights plus a complete model card."""
+"""The training command runs end to end on real (cropped) cases, resumes, and writes weights plus a complete model card."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from train_support import ROOT, needs_brats, tiny_data
 
+from BrainTumorSeg.augmentation import augment
 from BrainTumorSeg.cli import main
-from BrainTumorSeg.models.card import ModelCard
-from BrainTumorSeg.train import SliceSampler, augment, load_training_case
+from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
+from BrainTumorSeg.recipes import Recipe, default_template
+from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
+from BrainTumorSeg.training_progress import TrainingProgress
 
-ROOT = Path(__file__).resolve().parents[2]
-BRATS = ROOT.parent / "shared" / "data" / "brats"
-needs_brats = pytest.mark.skipif(not BRATS.is_dir(), reason="shared BraTS cases not beside the repository")
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, crop_case):
+    return tiny_data(tmp_path_factory, crop_case)
+
+
+@pytest.fixture(scope="module")
+def cases(data):
+    return [load_training_case(data.data / c, data.cache, "brats2017") for c in json.loads(data.split.read_text())["train"]]
+
+
+def steps_logged(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "losses.jsonl").read_text().splitlines()]
 
 
 @needs_brats
-def test_train_writes_weights_and_a_complete_card(tmp_path):
+def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tmp_path, capsys):
     template = json.loads((ROOT / "training" / "unet2d-axial.json").read_text())
     template.update(id="tiny-unet", default=False, config={**template["config"], "features": [4, 8]})
     card_path = tmp_path / "tiny.json"
     card_path.write_text(json.dumps(template))
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["Brats18_CBICA_AQR_1"], "validation": ["Brats18_CBICA_ARZ_1"]}))
     out = tmp_path / "run"
-    args = ["train", "--card", str(card_path), "--data", str(BRATS), "--split", str(split), "--out", str(out)]
-    args += ["--steps", "3", "--batch", "2", "--crop", "64", "64", "--cache", str(tmp_path / "cache")]
+    args = ["train", "--card", str(card_path), *data.args(out), "--quiet"]
+    args += ["--steps", "3", "--batch", "2", "--crop", "64", "64", "--loss", "ce"]
     assert main(args) == 0
     card = ModelCard.read(out / "tiny-unet.json")
     assert card.weights_path.is_file()
-    assert card.training["split"] == {"train": ["Brats18_CBICA_AQR_1"], "validation": ["Brats18_CBICA_ARZ_1"]}
-    assert card.training["command"].startswith("brain-tumor-seg train --card")
-    assert card.training["minutes"] >= 0 and card.training["machine"]
+    training = card.training
+    assert training["split"] == json.loads(data.split.read_text())
+    assert training["command"].startswith("brain-tumor-seg train --card")
+    assert training["architecture"] == "unet2d" and training["sampler"] == "slices"
+    assert training["loss"] == "ce" and "cross-entropy" in training["loss_description"]
+    assert training["steps"] == 3 and training["batch"] == 2 and training["crop"] == [64, 64]
+    assert training["minutes"] >= 0 and training["machine"] and training["precision"] == "fp32"
+    assert training["started"] <= training["finished"]
+    assert [h["step"] for h in training["history"]] == [3]
     assert set(card.validation["dice"]) == {"WT", "TC", "ET"}
     assert set(card.validation["per_case"]) == {"Brats18_CBICA_ARZ_1"}
+    assert card.validation["weights_dtype"] in ("float16", "float32")
     card.load()  # the written weights fit the card's architecture
+    capsys.readouterr()
+    assert main(["models", "--models-dir", str(out)]) == 0
+    assert "tiny-unet" in capsys.readouterr().out
 
 
 @needs_brats
-def test_sampler_and_augmentation_keep_image_and_target_aligned(tmp_path):
+def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    common += ["--batch", "2", "--crop", "48", "48", "--validate-every", "100", "--checkpoint-every", "2"]
+    assert main([*common, "--steps", "2"]) == 0
+    first = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert first["step"] == 2
+    assert main([*common, "--steps", "4"]) == 0  # picks up at step 2, not from scratch
+    assert steps_logged(out) == [1, 2, 3, 4]
+    assert [h["step"] for h in ModelCard.read(out / "unet2d-axial.json").training["history"]] == [2, 4]
+
+
+@needs_brats
+def test_template_errors_are_one_line_exit_2(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--architecture", "unet2d", "--havaei-variant", "keras", *data.args(out)]) == 2
+    assert main(["train", "--architecture", "pspnet", "--phase2-steps", "5", *data.args(out)]) == 2
+    assert main(["train", "--architecture", "unet2d", "--config", "[1]", *data.args(out)]) == 2
+    assert capsys.readouterr().err.count("error:") == 3
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
+def test_every_architecture_has_a_consistent_default_template(architecture):
+    """Each default template builds its network, its recipe fits it, and training/<id>.json holds the same template."""
+    template = default_template(architecture)
+    recipe = Recipe.from_dict(template["training"])
+    recipe.check(architecture, template["outputs"]["type"])
+    expected_mode = {"patches": "dense", "slices": "slices", "blocks": "window"}[recipe.sampler]
+    assert template["inference"]["mode"] == expected_mode
+    if recipe.sampler == "blocks":
+        assert template["inference"]["spatial_dims"] == 3 and len(template["inference"]["window"]) == 3
+    if recipe.sampler == "patches":
+        assert template["outputs"] == {"type": "classes", "labels": [0, 1, 2, 3]}
+        assert template["config"]["num_classes"] == 4 and recipe.phase2_steps > 0
+    card = ModelCard(**{k: v for k, v in template.items() if k != "training"})
+    card.build()
+    assert card.config["in_channels"] == len(card.modalities) * (2 * card.context_slices + 1)
+    on_disk = json.loads((ROOT / "training" / f"{template['id']}.json").read_text())
+    assert on_disk == template, f"training/{template['id']}.json differs from recipes.TEMPLATES[{architecture!r}]"
+
+
+def test_every_training_template_file_reads_as_a_card():
+    for path in sorted((ROOT / "training").glob("*.json")):
+        if path.name != "split.json":
+            card = ModelCard.read(path)
+            Recipe.from_dict(card.training).check(card.architecture, card.outputs["type"]) if card.training else None
+
+
+@needs_brats
+def test_sampler_and_augmentation_keep_image_and_target_aligned(cases):
     """A flipped/rotated batch still has tumor targets only where the image has brain."""
-    case = load_training_case(BRATS / "Brats18_CBICA_AQR_1", tmp_path, "brats2017")
-    sampler = SliceSampler([case], "axial", 1, (96, 96), tumor_fraction=1.0, seed=0)
+    sampler = SliceSampler(cases[:1], "axial", 1, (96, 96), tumor_fraction=1.0, seed=0)
     x, labels = sampler.sample(4)
     assert x.shape == (4, 12, 96, 96) and labels.shape == (4, 96, 96)
     assert all(lab.any() for lab in labels)  # tumor_fraction 1: every slice has tumor
@@ -52,3 +122,41 @@ def test_sampler_and_augmentation_keep_image_and_target_aligned(tmp_path):
     brain = (xa != 0).any(dim=1)
     assert ya[:, 0].bool().any()
     assert (ya[:, 0].bool() & ~brain).float().mean() < 0.01
+
+
+@needs_brats
+def test_patch_sampler_balances_labels_in_phase_1_and_follows_nature_in_phase_2(cases):
+    uniform = PatchSampler(cases, "axial", 33, "uniform", seed=0)
+    patches, labels = uniform.sample(800)
+    assert patches.shape == (800, 4, 33, 33) and labels.dtype == torch.int64
+    share = np.bincount(labels.numpy(), minlength=4) / 800
+    assert np.all(np.abs(share - 0.25) < 0.06), share
+    # the target is the label of the centre pixel, and the centre pixel's intensities are that pixel's
+    case = cases[0]
+    one = PatchSampler([case], "axial", 33, "uniform", seed=1)
+    for _ in range(20):
+        c, index = one._pixel()
+        s, row, col = np.unravel_index(index, one.labels[c].shape)
+        patch, label = one.patch(c, index)
+        assert label == case.labels[row, col, s]
+        assert np.allclose(patch[:, 16, 16], case.data[:, row, col, s].astype(np.float32))
+    natural = PatchSampler(cases, "axial", 33, "natural", seed=0)
+    _, labels = natural.sample(400)
+    assert (labels == 0).float().mean() > 0.7  # mostly healthy brain, as in the data
+
+
+@needs_brats
+def test_block_sampler_draws_full_blocks_with_tumor(cases):
+    sampler = BlockSampler(cases, (32, 32, 32), [0.0, 1.0, 1.0, 1.0], seed=0)
+    x, labels = sampler.sample(3)
+    assert x.shape == (3, 4, 32, 32, 32) and labels.shape == (3, 32, 32, 32)
+    assert all(lab.any() for lab in labels)  # every block is centred on a tumor voxel
+
+
+def test_progress_writes_plain_lines_when_not_a_terminal(tmp_path):
+    with (tmp_path / "log").open("w") as stream:
+        progress = TrainingProgress(total=10, start=0, every=5, stream=stream)
+        for step in range(1, 11):
+            progress.update(step, 0.5, 1e-3)
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step 5/10 loss 0.5000") and "\r" not in lines[0]
