@@ -47,6 +47,12 @@ class Distributed:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
 
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Give every rank rank 0's buffers (batch-norm running statistics: each rank's last forward updated its own)."""
+        if self.enabled:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

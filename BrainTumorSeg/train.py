@@ -396,6 +396,7 @@ def train(
             progress.update(step, running, lr, phase.name if len(phases) > 1 else "")
             at_end = step == phase.end
             if step % recipe.validate_every == 0 or at_end:
+                context.sync_buffers(network)
                 if main_rank:
                     network.eval()
                     result = evaluate(network, card, val_cases, device, dtype)

@@ -1,0 +1,82 @@
+"""Havaei et al. 2017's procedure (two phases, cascades on a fixed first CNN, the Keras variant) and 3D SegResNet training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_support import needs_brats, tiny_data
+
+from BrainTumorSeg.cli import main
+from BrainTumorSeg.models.card import ModelCard
+
+TINY_HAVAEI = '{"local_maps": 4, "global_maps": 4}'
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, crop_case):
+    return tiny_data(tmp_path_factory, crop_case)
+
+
+def fp16(path) -> dict[str, torch.Tensor]:
+    return {k: v.half() for k, v in load_file(str(path)).items()}
+
+
+@needs_brats
+def test_two_phases_then_a_cascade_on_the_fixed_first_cnn(data, tmp_path):
+    out = tmp_path / "twopath"
+    common = ["train", "--architecture", "twopathcnn", "--config", TINY_HAVAEI, *data.args(out), "--quiet", "--batch", "16"]
+    assert main([*common, "--steps", "3", "--phase2-steps", "0"]) == 0
+    phase1 = tmp_path / "twopath-phase1.safetensors"
+    shutil.copy(out / "twopathcnn-axial.safetensors", phase1)
+    assert main([*common, "--steps", "3", "--phase2-steps", "2"]) == 0  # resumes after phase 1, runs phase 2 only
+    before, after = fp16(phase1), fp16(out / "twopathcnn-axial.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= {"output.weight", "output.bias"}, changed
+
+    card = ModelCard.read(out / "twopathcnn-axial.json")
+    assert card.outputs == {"type": "classes", "labels": [0, 1, 2, 3]} and card.inference["mode"] == "dense"
+    phases = card.training["phases"]
+    assert [p["steps"] for p in phases] == [3, 2] and [p["labels"] for p in phases] == ["uniform", "natural"]
+    assert phases[1]["trained"].startswith("output layer only")
+    assert [h["phase"] for h in card.training["history"]] == ["phase 1", "phase 2"]
+    assert card.training["optimizer"] == "sgd" and card.training["momentum"] == [0.5, 0.9]
+
+    cascade_out = tmp_path / "cascade"
+    cascade = ["train", "--architecture", "inputcascadecnn", "--config", TINY_HAVAEI, *data.args(cascade_out), "--quiet"]
+    cascade += ["--batch", "8", "--steps", "2", "--phase2-steps", "1"]
+    assert main(cascade) == 2  # a cascade needs its trained first CNN
+    assert main([*cascade, "--first-cnn", str(phase1)]) == 0
+    trained = fp16(cascade_out / "inputcascadecnn-axial.safetensors")
+    assert all(torch.equal(trained[f"first.{k}"], v) for k, v in before.items())  # fixed while the second CNN trained
+    card = ModelCard.read(cascade_out / "inputcascadecnn-axial.json")
+    assert card.training["first_cnn"]["weights"] == phase1.name and len(card.training["first_cnn"]["sha256"]) == 64
+
+
+@needs_brats
+def test_keras_variant_trains_densely_with_batch_norm_and_per_slice_weights(data, tmp_path):
+    out = tmp_path / "keras"
+    args = ["train", "--architecture", "twopathcnn", "--havaei-variant", "keras", "--config", TINY_HAVAEI, *data.args(out)]
+    assert main([*args, "--quiet", "--steps", "2", "--batch", "2", "--crop", "48", "48"]) == 0
+    card = ModelCard.read(out / "twopathcnn-keras-axial.json")
+    assert card.config["batch_norm"] is True and card.config["dropout"] == 0.0
+    assert card.training["sampler"] == "slices" and card.training["loss"] == "weighted-ce"
+    assert "phase2_steps" not in card.training and len(card.training["phases"]) == 1
+    assert any(k.endswith("norm.running_mean") for k in load_file(str(card.weights_path)))
+
+
+@needs_brats
+def test_segresnet_trains_on_3d_blocks_and_validates_with_a_3d_window(data, tmp_path):
+    out = tmp_path / "segresnet"
+    config = '{"init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]}'
+    args = ["train", "--architecture", "segresnet", "--config", config, *data.args(out), "--quiet"]
+    assert main([*args, "--steps", "2", "--batch", "1", "--block", "32", "32", "32", "--loss", "dice-ce"]) == 0
+    card = ModelCard.read(out / "segresnet-3d.json")
+    assert card.inference["mode"] == "window" and card.inference["spatial_dims"] == 3 and len(card.inference["window"]) == 3
+    assert card.training["sampler"] == "blocks" and card.training["block"] == [32, 32, 32]
+    assert set(card.validation["dice"]) == {"WT", "TC", "ET"}
+    lines = (out / "losses.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
