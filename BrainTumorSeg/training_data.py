@@ -143,8 +143,9 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.data = [np.moveaxis(c.data, 1 + self.axis, 1) for c in cases]  # (C, S, H, W)
         self.labels = [np.moveaxis(c.labels, self.axis, 0) for c in cases]  # (S, H, W)
-        self.brain = [np.flatnonzero(np.any(d != 0, axis=0)) for d in self.data]  # flat (S, H, W) indices
-        self.tumor = [{k: np.flatnonzero(lab == k) for k in range(1, CLASSES)} for lab in self.labels]
+        # flat (S, H, W) indices of brain pixels and of each tumor label; int32 halves the memory of 28 cases' brains
+        self.brain = [np.flatnonzero(np.any(d != 0, axis=0)).astype(np.int32) for d in self.data]
+        self.tumor = [{k: np.flatnonzero(lab == k).astype(np.int32) for k in range(1, CLASSES)} for lab in self.labels]
 
     def _pixel(self) -> tuple[int, int]:
         """A (case, flat index) pair drawn with the sampler's label balance."""
