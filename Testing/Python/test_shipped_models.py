@@ -1,0 +1,59 @@
+"""Every model shipped in Resources/Models: a complete training record on the fixed split, strict weights, and a
+real segmentation of the sample case's tumor that agrees with its ground truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSeg.case import read_image, resolve_inputs
+from BrainTumorSeg.labels import from_convention
+from BrainTumorSeg.metrics import region_dice
+from BrainTumorSeg.models.card import ModelCard
+from BrainTumorSeg.pipeline import segment_case
+from BrainTumorSeg.resources import resources_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((resources_dir() / "Models").glob("*.json"))
+SPLIT = json.loads((ROOT / "training" / "split.json").read_text())
+SLAB = 20  # axial slices through the sample's tumor: enough for every model's context, quick for the slow Havaei CNNs
+
+
+@pytest.fixture(scope="module")
+def tumor_slab(tmp_path_factory, sample_dir: Path) -> tuple[Path, np.ndarray]:
+    """The sample case cut to :data:`SLAB` axial slices centred on its tumor (full in-plane field), and that slab's truth."""
+    truth_path = next(sample_dir.glob("*_seg.nii.gz"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path)))  # (k, j, i); k is axial in BraTS volumes
+    k = np.flatnonzero(truth.any(axis=(1, 2)))
+    start = int((k[0] + k[-1]) // 2 - SLAB // 2)
+    folder = tmp_path_factory.mktemp("slab") / sample_dir.name
+    folder.mkdir()
+    for path in sample_dir.glob("*.nii.gz"):
+        sitk.WriteImage(read_image(path)[:, :, start : start + SLAB], str(folder / path.name))
+    return folder, from_convention(truth[start : start + SLAB], "brats2017")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_card_records_a_real_training_run_on_the_fixed_split(path: Path):
+    card = ModelCard.read(path)
+    training, validation = card.training, card.validation
+    assert training["command"].split(" train ")[0].endswith("brain-tumor-seg"), training["command"]
+    assert training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
+    assert training["minutes"] > 0 and training["machine"]
+    assert validation["cases"] == len(SPLIT["validation"]) == len(validation["per_case"])
+    assert set(validation["dice"]) == {"WT", "TC", "ET"} and validation["seconds_per_case"] > 0
+    assert (path.parent / card.weights).is_file()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_segments_the_sample_tumor(path: Path, tumor_slab):
+    folder, truth = tumor_slab
+    card = ModelCard.read(path)
+    assert folder.name in SPLIT["validation"]  # the sample was never trained on
+    labels = segment_case(resolve_inputs(folder), card, device="cpu", precision="fp32")  # strict weight loading
+    dice = region_dice(labels, truth)
+    assert dice["WT"] >= 0.75, dice
