@@ -2,16 +2,19 @@
 
 The Slicer panel binds these enums to its combo boxes (each enum's ``label`` is the text shown);
 :func:`segment_arguments` turns a choice into CLI flags. ``MODEL`` ("model default") adds no
-flag, so the model card decides. Standard library only.
+flag, so the model card decides. :func:`offered_models` lists the models the panel offers,
+with those of the user's models folder. Standard library only (model cards are read without PyTorch).
 """
 
 from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .models.card import ModelCard, available_models
 
 MODALITY_FLAGS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -81,9 +84,13 @@ class SegmentChoices:
 
 
 def segment_arguments(
-    inputs: Mapping[str, str | Path], out: str | Path, options: SegmentChoices, progress: bool = True
+    inputs: Mapping[str, str | Path],
+    out: str | Path,
+    options: SegmentChoices,
+    progress: bool = True,
+    models_dirs: Iterable[str | Path] = (),
 ) -> list[str]:
-    """``segment`` arguments for four input files (by modality), an output folder and the options."""
+    """``segment`` arguments for four input files (by modality), an output folder, the options and extra model folders."""
     missing = [m for m in MODALITY_FLAGS if not inputs.get(m)]
     if missing:
         raise ValueError(f"missing input volume(s): {', '.join(missing)}")
@@ -91,6 +98,8 @@ def segment_arguments(
     for modality in MODALITY_FLAGS:
         args += [f"--{modality}", str(inputs[modality])]
     args += ["--out", str(out)]
+    for folder in models_dirs:
+        args += ["--models-dir", str(folder)]
     if options.model:
         args += ["--model", options.model]
     args += ["--device", device_argument(options.device)]
@@ -102,3 +111,50 @@ def segment_arguments(
     if progress:
         args += ["--progress", "json"]
     return args
+
+
+@dataclass
+class OfferedModels:
+    """The models a panel offers: cards by id, the extra folders they need (``--models-dir``), and what to tell the user."""
+
+    cards: dict[str, ModelCard]
+    folders: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def offered_models(folder: str | Path = "") -> OfferedModels:
+    """The bundled models (and those of ``BRAIN_TUMOR_SEG_MODELS``) plus the cards in the user's models ``folder``.
+
+    ``folder`` holds ``<id>.json`` + ``<id>.safetensors`` as ``brain-tumor-seg train`` writes them; a card
+    there wins over a bundled card of the same id, as with ``--models-dir``. Never raises: a folder that
+    does not exist, has no cards or has a card that cannot be read adds nothing (the CLI would fail on
+    such a card, so the folder is then not passed to it either), and ``notes`` says why, one line each.
+    """
+    text = str(folder).strip()
+    if not text:
+        return _bundled_models()
+    path = Path(text).expanduser().absolute()
+    if not path.is_dir():
+        offered = _bundled_models()
+        offered.notes.insert(0, f"Models folder {path} does not exist; only the bundled models are offered.")
+        return offered
+    try:
+        cards = available_models([path])
+    except ValueError as error:  # errors.InputError: names the card and the problem
+        offered = _bundled_models()
+        offered.notes.insert(0, f"A model card cannot be read, so the models folder is not used: {error}")
+        return offered
+    own = [card for card in cards.values() if card.path is not None and card.path.parent == path]
+    if not own:
+        offered = _bundled_models()
+        offered.notes.insert(0, f"No model cards (<id>.json) in {path}; only the bundled models are offered.")
+        return offered
+    notes = [f"Model {c.id}: weights file {c.weights_path} is missing." for c in own if not c.weights_path.is_file()]
+    return OfferedModels(cards, [path], notes)
+
+
+def _bundled_models() -> OfferedModels:
+    try:
+        return OfferedModels(available_models())
+    except ValueError as error:  # a broken card in BRAIN_TUMOR_SEG_MODELS or the bundled folder
+        return OfferedModels({}, notes=[str(error)])

@@ -23,7 +23,7 @@ from BrainTumorSeg.dependencies import (
     torch_too_old,
 )
 from BrainTumorSeg.labels import SEGMENTS
-from BrainTumorSeg.models.card import available_models
+from BrainTumorSeg.models.card import MODELS_ENV, ModelCard, available_models, get_model
 from BrainTumorSeg.segment_choices import (
     Device,
     InferenceMode,
@@ -32,6 +32,7 @@ from BrainTumorSeg.segment_choices import (
     SegmentChoices,
     SliceAxis,
     device_argument,
+    offered_models,
     segment_arguments,
 )
 from BrainTumorSeg.slicer_inputs import assign_modalities, guess_modality, model_label, model_tooltip
@@ -142,10 +143,84 @@ def test_all_four_inputs_are_required():
         segment_arguments({k: v for k, v in FILES.items() if k != "flair"}, "/out", SegmentChoices())
 
 
+def test_models_folders_become_models_dir_flags_the_cli_reads():
+    args = segment_arguments(FILES, "/out", SegmentChoices(model="mine"), models_dirs=["/my models", Path("/other")])
+    parsed = build_parser().parse_args(args)
+    assert parsed.models_dir == ["/my models", "/other"] and parsed.model == "mine"
+    assert "--models-dir" not in segment_arguments(FILES, "/out", SegmentChoices())
+
+
 def test_enum_labels_are_what_the_combo_boxes_show():
     for enum_type in (Device, SliceAxis, InferenceMode, Mirroring, Postprocessing):
         labels = [member.label() for member in enum_type]
         assert all(labels) and len(set(labels)) == len(labels)
+
+
+# The user's models folder (Advanced > Models folder)
+
+
+@pytest.fixture
+def bundled(monkeypatch) -> dict[str, ModelCard]:
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    return available_models()
+
+
+def trained_model(folder: Path, model_id: str = "my-unet", weights: bool = True) -> Path:
+    """A card and weights file as ``brain-tumor-seg train`` leaves them (the weights are not read here)."""
+    card = next(iter(available_models().values()))
+    card.id, card.name, card.default, card.weights = model_id, "My U-Net", False, ""
+    folder.mkdir(parents=True, exist_ok=True)
+    card.write(folder / f"{model_id}.json")
+    if weights:
+        (folder / f"{model_id}.safetensors").write_bytes(b"weights")
+    (folder / "losses.jsonl").write_text("{}\n")  # training also leaves its log there
+    return folder
+
+
+def test_no_models_folder_offers_the_bundled_models(bundled):
+    offered = offered_models("")
+    assert set(offered.cards) == set(bundled) and offered.folders == [] and offered.notes == []
+    assert offered_models("  ").folders == []  # not the current directory
+
+
+def test_a_trained_model_in_the_models_folder_is_offered_and_found_by_the_cli(bundled, tmp_path):
+    folder = trained_model(tmp_path / "my models")
+    offered = offered_models(str(folder))
+    assert set(offered.cards) == set(bundled) | {"my-unet"}
+    assert offered.folders == [folder] and offered.notes == []
+    args = segment_arguments(FILES, "/out", SegmentChoices(model="my-unet"), models_dirs=offered.folders)
+    parsed = build_parser().parse_args(args)
+    assert get_model(parsed.model, parsed.models_dir).path == folder / "my-unet.json"
+
+
+def test_a_folder_without_cards_leaves_the_bundled_models(bundled, tmp_path):
+    (tmp_path / "notes.json").write_text('{"epochs": 3}')  # JSON that is not a model card
+    offered = offered_models(tmp_path)
+    assert set(offered.cards) == set(bundled) and offered.folders == []
+    assert len(offered.notes) == 1 and "No model cards" in offered.notes[0]
+    missing = offered_models(tmp_path / "absent")
+    assert set(missing.cards) == set(bundled) and missing.folders == [] and "does not exist" in missing.notes[0]
+
+
+def test_an_unreadable_card_leaves_the_bundled_models_and_says_which(bundled, tmp_path):
+    folder = trained_model(tmp_path)
+    (folder / "broken.json").write_text('{"id": "broken", "architecture": "unet2d",')
+    offered = offered_models(folder)
+    assert set(offered.cards) == set(bundled) and offered.folders == []  # the CLI would fail on the folder too
+    assert len(offered.notes) == 1 and "broken.json" in offered.notes[0]
+
+
+def test_a_card_without_weights_is_offered_with_a_note(bundled, tmp_path):
+    offered = offered_models(trained_model(tmp_path, weights=False))
+    assert "my-unet" in offered.cards and offered.folders == [tmp_path]
+    assert len(offered.notes) == 1 and "my-unet.safetensors" in offered.notes[0]
+
+
+def test_a_broken_card_in_the_environment_folder_breaks_nothing(tmp_path, monkeypatch):
+    (tmp_path / "bad.json").write_text("not json")
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path))
+    offered = offered_models("")
+    assert offered.cards == {} and "bad.json" in offered.notes[0]
 
 
 # Progress lines
