@@ -408,5 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> None:
+    """The ``brain-tumor-seg`` command: :func:`main`, then exit without the interpreter's teardown.
+
+    Every output is written, renamed into place and closed before :func:`main` returns, so the only work left
+    at exit is freeing PyTorch's and ITK's modules one by one, about 0.3 s of a 6 s run. Training keeps the
+    normal exit (its process group and checkpoints close in their own code, but torchrun watches the exit).
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] == ["train"]:
+        raise SystemExit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()
