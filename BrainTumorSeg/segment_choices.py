@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .models.card import ModelCard, available_models
+from .slicer_inputs import model_label, model_tooltip
 
 MODALITY_FLAGS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
@@ -149,8 +150,26 @@ def offered_models(folder: str | Path = "") -> OfferedModels:
         offered = _bundled_models()
         offered.notes.insert(0, f"No model cards (<id>.json) in {path}; only the bundled models are offered.")
         return offered
-    notes = [f"Model {c.id}: weights file {c.weights_path} is missing." for c in own if not c.weights_path.is_file()]
+    notes = []
+    for card in own:
+        if problem := _display_problem(card):  # a hand-edited card with a wrong type: leave it out
+            notes.append(problem)
+            del cards[card.id]
+        elif not card.weights_path.is_file():
+            notes.append(f"Model {card.id}: weights file {card.weights_path} is missing.")
     return OfferedModels(cards, [path], notes)
+
+
+def _display_problem(card: ModelCard) -> str | None:
+    """Why the model selector cannot show ``card`` (label, tooltip, sorting by name), or None."""
+    try:
+        model_label(card)
+        model_tooltip(card)
+        if not all(isinstance(text, str) for text in (card.id, card.name)):
+            raise TypeError("id and name must be text")
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        return f"{card.path}: not shown, a field has the wrong type ({error})"
+    return None
 
 
 def _bundled_models() -> OfferedModels:
