@@ -210,6 +210,16 @@ def test_an_unreadable_card_leaves_the_bundled_models_and_says_which(bundled, tm
     assert len(offered.notes) == 1 and "broken.json" in offered.notes[0]
 
 
+def test_a_card_the_selector_cannot_show_is_left_out_with_a_note(bundled, tmp_path):
+    folder = trained_model(tmp_path)
+    card = json.loads((folder / "my-unet.json").read_text())
+    card |= {"id": "odd", "validation": {"dice": {"WT": "high"}}}
+    (folder / "odd.json").write_text(json.dumps(card))
+    offered = offered_models(folder)
+    assert set(offered.cards) == set(bundled) | {"my-unet"} and offered.folders == [folder]
+    assert len(offered.notes) == 1 and "odd.json" in offered.notes[0]
+
+
 def test_a_card_without_weights_is_offered_with_a_note(bundled, tmp_path):
     offered = offered_models(trained_model(tmp_path, weights=False))
     assert "my-unet" in offered.cards and offered.folders == [tmp_path]
