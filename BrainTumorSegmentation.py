@@ -5,6 +5,8 @@ Slicer-free package ``BrainTumorSeg``; this module writes the four input volumes
 folder, runs ``brain-tumor-seg segment --progress json`` in a child process of Slicer's Python
 (so the GUI stays responsive and Cancel can kill it), and imports the result as a segmentation
 node. Nothing here imports PyTorch: it is installed (after asking) on the first Apply.
+Models a user trained with ``brain-tumor-seg train`` are offered too, from a models folder kept
+in the application settings (Advanced > Models folder).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from BrainTumorSeg.segment_choices import (
     Device,
     InferenceMode,
     Mirroring,
+    OfferedModels,
     Postprocessing,
     SegmentChoices,
     SliceAxis,
+    offered_models,
     segment_arguments,
 )
 from BrainTumorSeg.slicer_inputs import MODALITIES, assign_modalities, model_label, model_tooltip
@@ -51,6 +55,8 @@ MODALITY_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 SAMPLE_CATEGORY = "BrainTumorSegmentation"
 SAMPLE_NAME = "BrainTumorSegmentationSample"
 FINGERPRINT_ATTRIBUTE = "BrainTumorSegmentation.ResultFingerprint"
+# The user's models folder is an application setting (QSettings), not part of the scene.
+MODELS_FOLDER_SETTING = "BrainTumorSegmentation/ModelsFolder"
 
 
 #
@@ -166,6 +172,7 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._run = None
         self._resultNode = None
         self._pollTimer = None
+        self._modelsFolderTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -174,7 +181,9 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.logic = BrainTumorSegmentationLogic()
+        modelsFolder = str(slicer.util.settingsValue(MODELS_FOLDER_SETTING, "") or "")
+        self.logic = BrainTumorSegmentationLogic(modelsFolder)
+        self.ui.modelsFolderPathLineEdit.currentPath = modelsFolder
 
         self._populateModels()
         self.ui.volumesTable.setHorizontalHeaderLabels([_("Segment"), _("Volume (mL)")])
@@ -182,6 +191,11 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(200)
         self._pollTimer.connect("timeout()", self._onPollTimer)
+        # The path changes with every key typed: look at the folder once the typing pauses.
+        self._modelsFolderTimer = qt.QTimer()
+        self._modelsFolderTimer.setSingleShot(True)
+        self._modelsFolderTimer.setInterval(700)
+        self._modelsFolderTimer.connect("timeout()", self.onModelsFolderChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -193,17 +207,21 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3DToggled)
         self.ui.editButton.connect("clicked(bool)", self.onEditButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderEdited)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.cancelRun()
+        if self._modelsFolderTimer:
+            self._modelsFolderTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self.onModelsFolderChanged()  # keep a folder typed just before leaving the module
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -254,16 +272,33 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._setStatus(_("No volume name suggests {names}.").format(names=", ".join(missing)) if missing else "")
 
     def _populateModels(self) -> None:
+        """Offer the bundled models and the models folder's; a bad folder or card is reported, never raised."""
+        offered = self.logic.offeredModels()
+        for note in offered.notes:
+            self._log(note)
+        self._setStatus(" ".join(offered.notes))
         combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)  # the parameter node's model is set afterwards, by _selectModel
         combo.clear()
-        try:
-            cards = available_models()
-        except ValueError as error:  # a broken model card: say which
-            self._log(str(error))
-            cards = {}
-        for index, card in enumerate(sorted(cards.values(), key=lambda c: (not c.default, c.name or c.id))):
+        for index, card in enumerate(sorted(offered.cards.values(), key=lambda c: (not c.default, c.name or c.id))):
             combo.addItem(model_label(card), card.id)
             combo.setItemData(index, model_tooltip(card), qt.Qt.ToolTipRole)
+        combo.blockSignals(wasBlocked)
+
+    def onModelsFolderEdited(self, path: str) -> None:
+        self._modelsFolderTimer.start()
+
+    def onModelsFolderChanged(self) -> None:
+        """Remember the models folder for the next sessions and offer its models; the chosen model stays if still offered."""
+        self._modelsFolderTimer.stop()
+        folder = self.ui.modelsFolderPathLineEdit.currentPath.strip()
+        if folder == self.logic.modelsFolder:
+            return
+        self.logic.modelsFolder = folder
+        qt.QSettings().setValue(MODELS_FOLDER_SETTING, folder)
+        self._populateModels()
+        self._selectModel(self._parameterNode.modelId if self._parameterNode else "")
+        self._updateGui()
 
     def _selectModel(self, modelId: str) -> None:
         index = self.ui.modelComboBox.findData(modelId) if modelId else -1
@@ -454,11 +489,16 @@ class SegmentationRun:
 
 
 class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Everything the module does, usable without the GUI (e.g. from the Python console or a test)."""
+    """Everything the module does, usable without the GUI (e.g. from the Python console or a test).
 
-    def __init__(self) -> None:
+    ``modelsFolder``: a folder of models trained with ``brain-tumor-seg train`` (``<id>.json`` +
+    ``<id>.safetensors``), offered with the bundled ones and passed to the CLI as ``--models-dir``.
+    """
+
+    def __init__(self, modelsFolder: str = "") -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.keepTemporaryFiles = False
+        self.modelsFolder = modelsFolder
 
     def getParameterNode(self) -> BrainTumorSegmentationParameterNode:
         return BrainTumorSegmentationParameterNode(super().getParameterNode())
@@ -473,6 +513,10 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             tta=parameters.tta,
             postprocess=parameters.postprocess,
         )
+
+    def offeredModels(self) -> OfferedModels:
+        """The models to choose from (cards by id), the folders the CLI needs for them, and notes on the models folder."""
+        return offered_models(self.modelsFolder)
 
     # Inputs
 
@@ -580,7 +624,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
                 if not slicer.util.exportNode(volumes[modality], str(path), {"useCompression": 0}, world=True):
                     raise RuntimeError(f"Could not write the {MODALITY_TITLES[modality]} volume to {path}")
                 files[modality] = path
-            arguments = segment_arguments(files, folder / "output", options)
+            arguments = segment_arguments(files, folder / "output", options, models_dirs=self.offeredModels().folders)
             process = CliProcess(arguments, python=self.pythonExecutable(), env=slicer.util.startupEnvironment())
             process.start()
         except Exception:
@@ -726,6 +770,8 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_GuessInputs()
         self.setUp()
+        self.test_ModelsFolder()
+        self.setUp()
         self.test_CancelLeavesSceneUnchanged()
         self.setUp()
         self.test_SegmentSampleCase()
@@ -735,6 +781,28 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         volumes = BrainTumorSegmentationLogic.loadSampleCase()
         guessed = BrainTumorSegmentationLogic.guessInputs()
         self.assertEqual({m: n.GetID() for m, n in guessed.items()}, {m: n.GetID() for m, n in volumes.items()})
+
+    def test_ModelsFolder(self):
+        self.delayDisplay("A model in the models folder appears in the panel")
+        folder = Path(slicer.util.tempDirectory("BrainTumorSegmentationModels"))
+        card = next(iter(available_models().values()))  # a copy stands in for a model from brain-tumor-seg train
+        shutil.copy(card.weights_path, folder / "user-test.safetensors")
+        card.id, card.name, card.default, card.weights = "user-test", "User test", False, ""
+        card.write(folder / "user-test.json")
+        widget = slicer.modules.braintumorsegmentation.widgetRepresentation().self()
+        pathEdit = widget.ui.modelsFolderPathLineEdit
+        previous = pathEdit.currentPath
+        try:
+            pathEdit.currentPath = str(folder)
+            widget.onModelsFolderChanged()  # at once, not after the typing pause
+            self.assertGreaterEqual(widget.ui.modelComboBox.findData("user-test"), 0)
+            self.assertEqual(slicer.util.settingsValue(MODELS_FOLDER_SETTING, ""), str(folder))
+            self.assertEqual(widget.logic.offeredModels().folders, [folder.absolute()])
+        finally:
+            pathEdit.currentPath = previous
+            widget.onModelsFolderChanged()
+            shutil.rmtree(folder, ignore_errors=True)
+        self.assertLess(widget.ui.modelComboBox.findData("user-test"), 0)
 
     def test_CancelLeavesSceneUnchanged(self):
         self.delayDisplay("Cancelling a run")

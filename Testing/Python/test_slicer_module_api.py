@@ -16,6 +16,7 @@ from slicer_api import (
     dotted,
     module_tree,
     mrml_enums,
+    parameter_node_fields,
     python_module_names,
     renamed,
     util_names,
@@ -23,7 +24,7 @@ from slicer_api import (
 )
 
 # Qt classes the module creates that are not widgets (widgets.txt lists widget classes only).
-QT_NON_WIDGETS = {"QTimer", "QTableWidgetItem", "Qt"}
+QT_NON_WIDGETS = {"QTimer", "QTableWidgetItem", "Qt", "QSettings"}
 # Modules of other Slicer extensions / Slicer modules the inventory does not cover, with the names used from them.
 OTHER_MODULES = {
     "PyTorchUtils": {"PyTorchUtilsLogic"},  # SlicerPyTorch extension
@@ -204,6 +205,18 @@ def test_qt_ctk_and_mrml_widget_classes_exist():
     assert "QTimer" in used
     unknown = {cls for cls, head in used.items() if cls not in all_widget_classes() and cls not in QT_NON_WIDGETS}
     assert unknown == set()
+
+
+def test_models_folder_is_an_application_setting_read_and_written_under_one_key():
+    """Read with slicer.util.settingsValue, written with qt.QSettings().setValue, both under MODELS_FOLDER_SETTING."""
+    calls = {}
+    for node in nodes():
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            if dotted(node.func) == "slicer.util.settingsValue" or node.func.attr == "setValue":
+                calls.setdefault(dotted(node.func) or node.func.attr, []).append(dotted(node.args[0]))
+    assert set(calls["slicer.util.settingsValue"]) == {"MODELS_FOLDER_SETTING"}
+    assert calls["setValue"] == ["MODELS_FOLDER_SETTING"]
+    assert not {f for f in parameter_node_fields() if "folder" in f.lower()}, "the models folder is not part of the scene"
 
 
 def test_other_extension_names_are_the_documented_ones():

@@ -74,7 +74,39 @@ def test_panel_has_what_issue_7_asks_for():
         assert widgets[name] == "QPushButton"
     advanced = next(w for w in ui_root().iter("widget") if w.get("name") == "advancedCollapsibleButton")
     inside = {w.get("name") for w in advanced.iter("widget")}
-    assert {"axisComboBox", "modeComboBox", "ttaComboBox", "postprocessComboBox"} <= inside
+    assert {"axisComboBox", "modeComboBox", "ttaComboBox", "postprocessComboBox", "modelsFolderPathLineEdit"} <= inside
+
+
+def test_models_folder_selector_picks_a_folder_and_is_not_in_the_parameter_node():
+    """An application setting (QSettings), not scene state; its tooltip says what the folder holds."""
+    widget = next(w for w in ui_root().iter("widget") if w.get("name") == "modelsFolderPathLineEdit")
+    assert widget.get("class") == "ctkPathLineEdit"
+    props = {p.get("name"): p for p in widget.findall("property")}
+    # Q_PROPERTYs of ctkPathLineEdit (CTK Libs/Widgets/ctkPathLineEdit.h) and QWidget's toolTip.
+    assert set(props) <= {"toolTip", "filters", "showHistoryButton", "showBrowseButton", "label", "nameFilters"}
+    assert props["filters"].findtext("set") == "ctkPathLineEdit::Dirs"
+    assert "modelsFolderPathLineEdit" not in parameter_bindings()
+    tip = props["toolTip"].findtext("string")
+    assert "<id>.json" in tip and "<id>.safetensors" in tip and "brain-tumor-seg train" in tip
+
+
+# Signals the module connects to, from the Qt and CTK headers (the inventory lists widget classes, not their signals).
+WIDGET_SIGNALS = {
+    "QPushButton": {"clicked(bool)", "toggled(bool)"},
+    "QComboBox": {"currentIndexChanged(int)"},
+    "ctkPathLineEdit": {"currentPathChanged(QString)", "validInputChanged(bool)"},
+}
+
+
+def test_connected_signals_exist_on_the_widget_class():
+    widgets, connected = ui_widgets(), []
+    for node in ast.walk(module_tree()):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect":
+            receiver = node.func.value
+            if isinstance(receiver, ast.Attribute) and dotted(receiver.value) == "self.ui":
+                connected.append((receiver.attr, node.args[0].value))
+    assert ("modelsFolderPathLineEdit", "currentPathChanged(QString)") in connected
+    assert [(name, signal) for name, signal in connected if signal not in WIDGET_SIGNALS[widgets[name]]] == []
 
 
 def test_slicer_parameter_names_match_parameter_node_fields():
