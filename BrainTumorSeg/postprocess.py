@@ -79,8 +79,33 @@ def _ball(radius: int) -> np.ndarray:
     return (grid**2).sum(axis=0) <= radius**2
 
 
+def tumor_box(labels: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of the labelled voxels grown by ``margin`` (within the array); ``None`` when nothing is labelled."""
+    box = []
+    for axis in range(labels.ndim):
+        present = np.flatnonzero(labels.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+        if present.size == 0:
+            return None
+        box.append(slice(max(int(present[0]) - margin, 0), int(present[-1]) + margin + 1))
+    return tuple(box)
+
+
 def postprocess(labels: np.ndarray, options: PostprocessOptions, voxel_ml: float, brain: np.ndarray | None = None) -> np.ndarray:
-    """Internal labels after the clean-up steps of ``options``; ``voxel_ml`` is one voxel's volume in mL."""
+    """Internal labels after the clean-up steps of ``options``; ``voxel_ml`` is one voxel's volume in mL.
+
+    The steps run on the tumor's bounding box grown by the closing radius, which holds every voxel they can
+    change (closing adds voxels only within its radius of the tumor; the other steps only remove): the same
+    result as on the whole volume, in a fraction of the time.
+    """
+    box = tumor_box(labels, options.closing)
+    result = np.zeros_like(labels)
+    if box is not None:
+        result[box] = clean_up(labels[box], options, voxel_ml, None if brain is None else brain[box])
+    return result
+
+
+def clean_up(labels: np.ndarray, options: PostprocessOptions, voxel_ml: float, brain: np.ndarray | None = None) -> np.ndarray:
+    """The clean-up steps of :func:`postprocess` on the array as given."""
     labels = labels.copy()
     if options.closing > 0:
         ball = _ball(options.closing)

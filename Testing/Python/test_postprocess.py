@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from BrainTumorSeg.postprocess import PostprocessOptions, postprocess
+from BrainTumorSeg.postprocess import PostprocessOptions, clean_up, postprocess, tumor_box
 
 VOXEL_ML = 0.001  # 1 mm^3 voxels
 
@@ -71,3 +71,22 @@ def test_brain_mask_limits_closing(two_tumors):
 def test_unknown_option_in_a_card_is_an_error():
     with pytest.raises(ValueError, match=r"unknown postprocessing option\(s\) \['largest'\]"):
         PostprocessOptions.from_dict({"largest": True})
+
+
+@pytest.mark.parametrize("touching_edge", [False, True])
+def test_clean_up_in_the_tumor_box_equals_clean_up_of_the_whole_volume(sample_case, sample_labels, sample_truth, touching_edge):
+    options = PostprocessOptions(closing=2, min_component_ml=1.0, et_to_core_ml=0.5)
+    for labels in (sample_labels, sample_truth):  # a real network output and a real expert segmentation
+        brain = sample_case.brain
+        if touching_edge:  # shift the tumor (and the brain) against the first face of the array
+            shift = -tumor_box(labels, 0)[0].start
+            labels, brain = np.roll(labels, shift, axis=0), np.roll(brain, shift, axis=0)
+        expected = clean_up(labels, options, 0.001, brain)
+        assert not np.array_equal(expected, labels)  # the steps do change these labels
+        np.testing.assert_array_equal(postprocess(labels, options, 0.001, brain), expected)
+
+
+def test_no_tumor_stays_empty():
+    labels = np.zeros((8, 9, 10), np.uint8)
+    assert tumor_box(labels, 2) is None
+    assert not postprocess(labels, PostprocessOptions(closing=1, min_component_ml=1.0), 0.001).any()
