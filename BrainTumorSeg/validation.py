@@ -21,13 +21,15 @@ from .models.card import ModelCard, get_model
 from .pipeline import InferenceOptions, Member, RunOptions, postprocess_options, segment
 from .postprocess import PostprocessOptions, postprocess
 
-# Clean-up variants compared by ``--compare-postprocess``: one standard setting of each step.
+# Clean-up variants compared by ``--compare-postprocess``: one standard setting of each step, and the shipped
+# models' combination.
 POSTPROCESS_VARIANTS: dict[str, PostprocessOptions] = {
     "none": PostprocessOptions(),
     "closing 1": PostprocessOptions(closing=1),
     "keep largest": PostprocessOptions(keep_largest=True),
     "min component 1 mL": PostprocessOptions(min_component_ml=1.0),
     "ET < 0.5 mL -> core": PostprocessOptions(et_to_core_ml=0.5),
+    "closing 1 + min component 1 mL": PostprocessOptions(closing=1, min_component_ml=1.0),
 }
 
 
