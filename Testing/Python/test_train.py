@@ -53,7 +53,7 @@ def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tm
     assert training["started"] <= training["finished"]
     assert [h["step"] for h in training["history"]] == [3]
     assert set(card.validation["dice"]) == {"WT", "TC", "ET"}
-    assert set(card.validation["per_case"]) == {"Brats18_CBICA_ARZ_1"}
+    assert set(card.validation["per_case"]) == {"Brats18_CBICA_ARZ_1"} and card.validation["seconds_per_case"] > 0
     assert card.validation["weights_dtype"] in ("float16", "float32")
     card.load()  # the written weights fit the card's architecture
     capsys.readouterr()
