@@ -89,7 +89,7 @@ def evaluate(
         per_case[case.case_id] = {k: round(v, 4) for k, v in region_dice(prediction, case.labels).items()}
     mean = mean_region_dice(per_case)
     seconds = (time.perf_counter() - started) / max(1, len(cases))
-    return {"dice": mean, "per_case": per_case, "seconds_per_case": round(seconds, 1)}
+    return {"dice": mean, "per_case": per_case, "seconds_per_case": round(seconds, 2)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
