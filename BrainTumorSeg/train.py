@@ -214,7 +214,7 @@ def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: lis
     if recipe.sampler == "patches":
         return PatchSampler(cases, axis, network.patch_size, phase.balance, seed)
     if recipe.sampler == "blocks":
-        return BlockSampler(cases, tuple(recipe.block), recipe.block_ratios, seed)
+        return BlockSampler(cases, tuple(recipe.block), recipe.block_ratios, seed, augment=recipe.augment)
     return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed)
 
 

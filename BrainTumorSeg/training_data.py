@@ -184,12 +184,12 @@ class PatchSampler:
 
 class BlockSampler:
     """3D blocks ``size`` from MONAI's ``RandCropByLabelClassesd`` (block centres per label in ``ratios``), with flips on
-    the three axes and per-sequence intensity scale and shift (MONAI's BraTS recipe).
+    the three axes and per-sequence intensity scale and shift (MONAI's BraTS recipe) unless ``augment`` is false.
 
     The per-label voxel indices are computed once per case (``ClassesToIndicesd``), not at every draw.
     """
 
-    def __init__(self, cases: list[CachedCase], size: tuple[int, int, int], ratios: list[float], seed: int):
+    def __init__(self, cases: list[CachedCase], size: tuple[int, int, int], ratios: list[float], seed: int, augment: bool = True):
         from monai.transforms import (
             ClassesToIndices,
             Compose,
@@ -211,9 +211,15 @@ class BlockSampler:
                 RandCropByLabelClassesd(
                     keys, "label", list(size), ratios=list(ratios), num_classes=CLASSES, indices_key="indices", warn=False
                 ),
-                *(RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)),
-                RandScaleIntensityd("image", factors=0.1, prob=1.0, channel_wise=True),
-                RandShiftIntensityd("image", offsets=0.1, prob=1.0, channel_wise=True),
+                *(RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3) if augment),
+                *(
+                    [
+                        RandScaleIntensityd("image", factors=0.1, prob=1.0, channel_wise=True),
+                        RandShiftIntensityd("image", offsets=0.1, prob=1.0, channel_wise=True),
+                    ]
+                    if augment
+                    else []
+                ),
             ]
         )
         self.transform.set_random_state(seed=seed % (2**32))

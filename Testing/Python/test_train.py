@@ -151,6 +151,13 @@ def test_block_sampler_draws_full_blocks_with_tumor(cases):
     x, labels = sampler.sample(3)
     assert x.shape == (3, 4, 32, 32, 32) and labels.shape == (3, 32, 32, 32)
     assert all(lab.any() for lab in labels)  # every block is centred on a tumor voxel
+    assert not np.isin(x[0, 0].numpy(), cases[0].data[0]).all()  # intensities are rescaled and shifted
+
+
+@needs_brats
+def test_block_sampler_without_augmentation_copies_the_case(cases):
+    x, _ = BlockSampler(cases[:1], (32, 32, 32), [0.0, 1.0, 1.0, 1.0], seed=0, augment=False).sample(2)
+    assert np.isin(x.numpy(), cases[0].data.astype(np.float32)).all()  # --no-augment: voxel values as cached
 
 
 def test_progress_writes_plain_lines_when_not_a_terminal(tmp_path):
