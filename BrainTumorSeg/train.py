@@ -255,6 +255,20 @@ def set_momentum(optimizer: torch.optim.Optimizer, recipe: Recipe, fraction: flo
             group["momentum"] = start + (end - start) * min(1.0, fraction)
 
 
+def optimize(loss: torch.Tensor, network: nn.Module, optimizer: Any, schedule: Any, recipe: Recipe) -> torch.Tensor:
+    """One optimizer step on ``loss`` plus the recipe's L1 penalty, then the schedule and max-norm (Havaei); returns
+    the penalised loss."""
+    if recipe.l1:
+        loss = loss + recipe.l1 * l1_penalty(network)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    if recipe.max_norm:
+        apply_max_norm(network, recipe.max_norm)
+    return loss
+
+
 def set_trainable(network: nn.Module, phase: Phase) -> list[nn.Parameter]:
     """Freeze what the phase does not train; returns the trained parameters (a cascade's frozen first CNN never trains)."""
     frozen_first = getattr(network, "freeze_first", False)
@@ -379,15 +393,7 @@ def train(
                 set_momentum(optimizer, recipe, (step - begin) / max(1, phase.end - begin))
             with autocast(device, dtype):
                 logits = model(x)
-            loss = loss_fn(logits, target)
-            if recipe.l1:
-                loss = loss + recipe.l1 * l1_penalty(network)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            if recipe.max_norm:
-                apply_max_norm(network, recipe.max_norm)
+            loss = optimize(loss_fn(logits, target), network, optimizer, schedule, recipe)
             step += 1
             value = context.mean(float(loss.detach()))
             running = value if running is None else 0.95 * running + 0.05 * value

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from BrainTumorSeg.havaei_training import PatchClassification, apply_max_norm, l1_penalty, load_first_cnn
+from BrainTumorSeg.havaei_training import PatchClassification, load_first_cnn
 from BrainTumorSeg.losses import Loss
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.models.registry import save_weights
 from BrainTumorSeg.recipes import CASCADES, Recipe, default_template
-from BrainTumorSeg.train import Phase, evaluate, make_batch, make_optimizer, make_sampler
+from BrainTumorSeg.train import Phase, evaluate, make_batch, make_optimizer, make_sampler, optimize
 from BrainTumorSeg.training_data import load_training_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +57,7 @@ def step_seconds(architecture: str, cases: list, steps: int, tmp: Path) -> tuple
         started = time.perf_counter()
         x, target = make_batch(recipe, sampler, card.outputs["type"], generator)
         x = x if three_d else x.contiguous(memory_format=memory_format)
-        loss = loss_fn(model(x), target)
-        if recipe.l1:
-            loss = loss + recipe.l1 * l1_penalty(network)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if recipe.max_norm:
-            apply_max_norm(network, recipe.max_norm)
+        optimize(loss_fn(model(x), target), network, optimizer, schedule, recipe)
         times.append(time.perf_counter() - started)
     times = sorted(times[1:])
     return times[len(times) // 2], network, card
