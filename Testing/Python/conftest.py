@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from train_support import copy_cropped
 
 from BrainTumorSeg.case import Case, resolve_inputs
 from BrainTumorSeg.labels import from_convention
@@ -74,14 +75,7 @@ def tiny_models_dir(tmp_path_factory) -> Path:
 
 
 def _crop_case(source: Path, target: Path) -> Path:
-    from BrainTumorSeg.case import read_image
-
-    target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.iterdir()):
-        if ".nii" in path.name:
-            name = path.name.split(".nii")[0] + ".nii.gz"
-            sitk.WriteImage(read_image(path)[CROP], str(target / name), useCompression=True)
-    return target
+    return copy_cropped(source, target, CROP)
 
 
 @pytest.fixture(scope="session")

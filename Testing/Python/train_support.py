@@ -41,20 +41,21 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, crop_case) -> TinyData:
         for case in TRAIN:
             crop_case(BRATS / case, root / "data" / case)
         for case in VALIDATION:
-            crop_validation_case(BRATS / case, root / "data" / case)
+            copy_cropped(BRATS / case, root / "data" / case, VALIDATION_CROP)
         split = root / "split.json"
         split.write_text(json.dumps({"train": TRAIN, "validation": VALIDATION}))
         _made["data"] = TinyData(root / "data", split, root / "cache")
     return _made["data"]
 
 
-def crop_validation_case(source: Path, target: Path) -> Path:
-    """Copy a case folder's images and ground truth cut to :data:`VALIDATION_CROP` (geometry kept) into ``target``."""
+def copy_cropped(source: Path, target: Path, crop: tuple[slice, ...]) -> Path:
+    """Copy a case folder's images and ground truth cut to ``crop`` (SimpleITK (i, j, k) order; geometry kept) as
+    ``.nii.gz`` into ``target``; returns ``target``."""
     from BrainTumorSeg.case import read_image
 
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.iterdir()):
         if ".nii" in path.name:
             name = path.name.split(".nii")[0] + ".nii.gz"
-            sitk.WriteImage(read_image(path)[VALIDATION_CROP], str(target / name), useCompression=True)
+            sitk.WriteImage(read_image(path)[crop], str(target / name), useCompression=True)
     return target
