@@ -2,6 +2,8 @@
 
 - :class:`PatchClassification`: a network whose ``forward`` classifies the centre pixels of patches, so that
   DistributedDataParallel (which only sees ``forward``) averages the gradients of patch training.
+- :class:`ValidSlices`: a network whose ``forward`` scores only the pixels whose whole patch lies inside the
+  input (no zero padding), for dense training on slice crops cut inside the brain (the Keras variant).
 - :func:`output_layer`: the layer phase 2 retrains alone ("we retrain only the output layer ... on a more
   representative distribution of the labels"): TwoPathCNN's final 21x21 convolution, or the second CNN's in
   a cascade.
@@ -32,6 +34,21 @@ class PatchClassification(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.network.classify_patches(patches)
+
+
+class ValidSlices(nn.Module):
+    """``forward(x)`` = ``network.valid(x)``: scores of size ``S - patch_size + 1`` for an input of size ``S``.
+
+    ``network.forward`` pads with zeros, which stands for the background outside a cropped volume at inference;
+    at the edge of a training crop cut inside the brain it would show the network false context.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.valid(x)
 
 
 def output_layer(network: nn.Module) -> nn.Module:

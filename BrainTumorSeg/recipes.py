@@ -246,6 +246,13 @@ def keras_variant(template: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(template)
     out["id"] = out["id"].replace("-axial", "-keras-axial")
     out["name"] = out["name"].split(",")[0] + ", Keras variant (batch normalization, per-slice class-weighted loss), 4 classes"
+    out["description"] = (
+        out["description"].split(",")[0] + ", the paper's layers and Maxout, as a Keras reimplementation trains it:"
+        " batch normalization after every hidden convolution instead of dropout, one phase of dense training on"
+        " whole-slice crops (each crop cut with the network's patch margin around it, so every scored pixel sees real"
+        " context) with a cross-entropy weighted per slice by inverse class frequency, AdamW. Evaluated densely on"
+        " whole axial slices; 4 classes (BraTS 2018 merges necrosis and non-enhancing tumor)."
+    )
     out["config"] |= {"batch_norm": True, "dropout": 0.0}
     recipe = Recipe.from_dict(out["training"])
     recipe.sampler, recipe.phase2_steps, recipe.loss, recipe.batch, recipe.crop = "slices", 0, "weighted-ce", 4, [96, 96]

@@ -36,7 +36,7 @@ from .augmentation import augment, from_one_hot, one_hot
 from .case import MODALITIES
 from .device import autocast, autocast_dtype, resolve_device
 from .errors import InputError
-from .havaei_training import PatchClassification, apply_max_norm, l1_penalty, load_first_cnn, output_layer
+from .havaei_training import PatchClassification, ValidSlices, apply_max_norm, l1_penalty, load_first_cnn, output_layer
 from .labels import region_masks
 from .losses import LOSSES, Loss
 from .metrics import mean_region_dice, region_dice
@@ -215,7 +215,17 @@ def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: lis
         return PatchSampler(cases, axis, network.patch_size, phase.balance, seed)
     if recipe.sampler == "blocks":
         return BlockSampler(cases, tuple(recipe.block), recipe.block_ratios, seed, augment=recipe.augment)
-    return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed)
+    window = getattr(network, "patch_size", 1)  # Havaei's CNNs trained densely: context for every target pixel
+    margin = (window // 2, window - 1 - window // 2)
+    return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed, margin)
+
+
+def training_view(network: nn.Module, recipe: Recipe) -> nn.Module:
+    """What the loss sees: centre-pixel scores of patches, valid-only scores of slice crops (Havaei's CNNs), or the
+    network itself."""
+    if recipe.sampler == "patches":
+        return PatchClassification(network)
+    return ValidSlices(network) if hasattr(network, "patch_size") else network
 
 
 def make_batch(recipe: Recipe, sampler: Any, output_type: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,12 +234,13 @@ def make_batch(recipe: Recipe, sampler: Any, output_type: str, generator: torch.
     if recipe.sampler == "patches":
         if recipe.augment:
             x, _ = augment(x, None, generator, len(MODALITIES))
-        return x, labels.long()
+        return sampler.trim(x), labels.long()
     if recipe.sampler == "blocks":  # augmented by the sampler's MONAI transforms
         return x, region_targets(labels) if output_type == "regions" else labels.long()
     masks = region_targets(labels) if output_type == "regions" else one_hot(labels, CLASSES)
     if recipe.augment:
         x, masks = augment(x, masks, generator, len(MODALITIES))
+    masks = sampler.trim_target(masks)
     return x, masks if output_type == "regions" else from_one_hot(masks).long()
 
 
@@ -375,8 +386,7 @@ def train(
             continue
         model = None  # release the previous phase's DDP wrapper (and its gradient hooks) first
         parameters = set_trainable(network, phase)
-        view = PatchClassification(network) if recipe.sampler == "patches" else network
-        model = context.wrap(view)
+        model = context.wrap(training_view(network, recipe))
         optimizer, schedule = make_optimizer(recipe, parameters, phase.end - begin)
         if state is not None and resumed_phase == phase_index and step > begin:
             optimizer.load_state_dict(state["optimizer"])

@@ -72,12 +72,27 @@ def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:
 
 
 class SliceSampler:
-    """Random 2.5D slices along one axis, a fraction of them through tumor, cropped or padded to ``size``."""
+    """Random 2.5D slices along one axis, a fraction of them through tumor, cropped or padded to ``size``.
 
-    def __init__(self, cases: list[CachedCase], axis: str, context: int, size: tuple[int, int], tumor_fraction: float, seed: int):
+    ``margin`` = (before, after): image context cut around the target crop on each side, for networks that
+    score only pixels whose whole input window lies inside the image (Havaei's CNNs trained densely: a crop
+    ``size + before + after`` wide gives ``size`` scores); :meth:`trim_target` cuts the target down to them.
+    """
+
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        axis: str,
+        context: int,
+        size: tuple[int, int],
+        tumor_fraction: float,
+        seed: int,
+        margin: tuple[int, int] = (0, 0),
+    ):
         self.axis = AXES[axis]
         self.context = context
-        self.size = size
+        self.margin = margin
+        self.size = tuple(n + sum(margin) for n in size)
         self.tumor_fraction = tumor_fraction
         self.rng = np.random.default_rng(seed)
         self.slices = [torch.from_numpy(c.data).movedim(1 + self.axis, 0) for c in cases]  # (S, C, H, W) views
@@ -122,6 +137,11 @@ class SliceSampler:
             labels.append(out_y)
         return torch.stack(inputs), torch.stack(labels)
 
+    def trim_target(self, target: torch.Tensor) -> torch.Tensor:
+        """The part of a (warped) target ``(..., H, W)`` that lies inside ``margin``."""
+        before, after = self.margin
+        return target[..., before : target.shape[-2] - after, before : target.shape[-1] - after]
+
 
 class PatchSampler:
     """Square 2D patches (slices along ``axis``) labelled by their centre pixel, for Havaei's patch classifiers.
@@ -132,6 +152,11 @@ class PatchSampler:
     labelled 0, never the zero padding outside the brain. The patch of pixel ``p`` spans
     ``[p - P // 2, p - P // 2 + P)``, the convention of the networks' dense evaluation; outside the
     cropped volume it is 0 (z-scored background), as at inference.
+
+    Patches are cut ``cut_size`` wide, the odd size ``P`` or ``P + 1`` from the same start, so that flips,
+    rotations and scaling about the cut's centre keep the labelled pixel where it is (for the even 56x56 of
+    LocalCascadeCNN a flip would otherwise move it to 27); :meth:`trim` keeps the network's ``P x P`` after
+    augmentation.
     """
 
     def __init__(self, cases: list[CachedCase], axis: str, patch_size: int, balance: str, seed: int):
@@ -139,6 +164,7 @@ class PatchSampler:
             raise ValueError(f"unknown label balance {balance!r}; choose uniform or natural")
         self.axis = AXES[axis]
         self.patch_size = patch_size
+        self.cut_size = patch_size | 1
         self.balance = balance
         self.rng = np.random.default_rng(seed)
         self.data = [np.moveaxis(c.data, 1 + self.axis, 1) for c in cases]  # (C, S, H, W)
@@ -165,21 +191,26 @@ class PatchSampler:
         return c, int(self.rng.choice(self.brain[c]))
 
     def patch(self, case: int, index: int) -> tuple[np.ndarray, int]:
-        """The patch ``(C, P, P)`` centred on flat pixel ``index`` of case ``case``, and that pixel's label."""
-        size = self.patch_size
+        """The patch ``(C, cut_size, cut_size)`` whose pixel ``P // 2`` is flat pixel ``index`` of case ``case``, and
+        that pixel's label."""
+        size = self.cut_size
         s, row, col = np.unravel_index(index, self.labels[case].shape)
         image = self.data[case][:, s]
         out = np.zeros((image.shape[0], size, size), dtype=np.float32)
-        r0, c0 = row - size // 2, col - size // 2
+        r0, c0 = row - self.patch_size // 2, col - self.patch_size // 2
         rs, cs = max(r0, 0), max(c0, 0)
         re, ce = min(r0 + size, image.shape[1]), min(c0 + size, image.shape[2])
         out[:, rs - r0 : re - r0, cs - c0 : ce - c0] = image[:, rs:re, cs:ce]
         return out, int(self.labels[case][s, row, col])
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patches ``(B, C, P, P)`` float32 and their centre pixels' internal labels ``(B,)`` int64."""
+        """Patches ``(B, C, cut_size, cut_size)`` float32 and their centre pixels' internal labels ``(B,)`` int64."""
         patches, targets = zip(*(self.patch(*self._pixel()) for _ in range(batch)), strict=True)
         return torch.from_numpy(np.stack(patches)), torch.tensor(targets, dtype=torch.int64)
+
+    def trim(self, patches: torch.Tensor) -> torch.Tensor:
+        """The network's ``P x P`` of (augmented) cut patches."""
+        return patches[..., : self.patch_size, : self.patch_size]
 
 
 class BlockSampler:

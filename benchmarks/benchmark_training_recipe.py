@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from BrainTumorSeg.havaei_training import PatchClassification, load_first_cnn
+from BrainTumorSeg.havaei_training import load_first_cnn
 from BrainTumorSeg.losses import Loss
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.models.registry import save_weights
 from BrainTumorSeg.recipes import CASCADES, Recipe, default_template
-from BrainTumorSeg.train import Phase, evaluate, make_batch, make_optimizer, make_sampler, optimize
+from BrainTumorSeg.train import Phase, evaluate, make_batch, make_optimizer, make_sampler, optimize, training_view
 from BrainTumorSeg.training_data import load_training_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def step_seconds(architecture: str, cases: list, steps: int, tmp: Path) -> tuple
     three_d = recipe.sampler == "blocks"
     memory_format = torch.contiguous_format if three_d else torch.channels_last
     network = network.to(memory_format=memory_format).train()
-    model = PatchClassification(network) if recipe.sampler == "patches" else network
+    model = training_view(network, recipe)
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer, schedule = make_optimizer(recipe, parameters, 1000)
     loss_fn = Loss(recipe.loss, card.outputs["type"])

@@ -12,7 +12,7 @@ from train_support import ROOT, needs_brats, tiny_data
 from BrainTumorSeg.augmentation import augment
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
-from BrainTumorSeg.recipes import Recipe, default_template
+from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
 from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
 from BrainTumorSeg.training_progress import TrainingProgress
 
@@ -101,6 +101,9 @@ def test_every_architecture_has_a_consistent_default_template(architecture):
     assert card.config["in_channels"] == len(card.modalities) * (2 * card.context_slices + 1)
     on_disk = json.loads((ROOT / "training" / f"{template['id']}.json").read_text())
     assert on_disk == template, f"training/{template['id']}.json differs from recipes.TEMPLATES[{architecture!r}]"
+    if architecture == "twopathcnn":
+        keras = keras_variant(template)
+        assert json.loads((ROOT / "training" / f"{keras['id']}.json").read_text()) == keras
 
 
 def test_every_training_template_file_reads_as_a_card():
@@ -143,6 +146,22 @@ def test_patch_sampler_balances_labels_in_phase_1_and_follows_nature_in_phase_2(
     natural = PatchSampler(cases, "axial", 33, "natural", seed=0)
     _, labels = natural.sample(400)
     assert (labels == 0).float().mean() > 0.7  # mostly healthy brain, as in the data
+
+
+@needs_brats
+def test_augmenting_even_patches_keeps_the_labelled_pixel_in_place(cases):
+    """LocalCascadeCNN's 56x56 patch is labelled by its pixel 28: flips, rotation and scale must keep that pixel there."""
+    sampler = PatchSampler(cases[:1], "axial", 56, "uniform", seed=0)
+    c, index = sampler._pixel()
+    s, row, col = np.unravel_index(index, sampler.labels[c].shape)
+    patch, _ = sampler.patch(c, index)
+    assert np.allclose(patch[:, 28, 28], cases[0].data[:, row, col, s].astype(np.float32))
+    x, _ = sampler.sample(64)
+    x[:] = 1.0
+    x[:, :, 28, 28] = 10.0
+    augmented = sampler.trim(augment(x, None, torch.Generator().manual_seed(0), 4)[0])
+    assert augmented.shape == (64, 4, 56, 56)
+    assert (augmented[:, 0].flatten(1).argmax(1) == 28 * 56 + 28).all()
 
 
 @needs_brats

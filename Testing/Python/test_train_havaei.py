@@ -12,6 +12,9 @@ from train_support import needs_brats, tiny_data
 
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.models.card import ModelCard
+from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
+from BrainTumorSeg.train import make_batch, make_sampler, plan_phases, training_view
+from BrainTumorSeg.training_data import load_training_case
 
 TINY_HAVAEI = '{"local_maps": 4, "global_maps": 4}'
 
@@ -66,6 +69,23 @@ def test_keras_variant_trains_densely_with_batch_norm_and_per_slice_weights(data
     assert card.training["sampler"] == "slices" and card.training["loss"] == "weighted-ce"
     assert "phase2_steps" not in card.training and len(card.training["phases"]) == 1
     assert any(k.endswith("norm.running_mean") for k in load_file(str(card.weights_path)))
+    assert "batch normalization" in card.description and "two phases" not in card.description
+
+
+@needs_brats
+def test_dense_training_crops_carry_the_patch_margin_so_no_score_sees_padding(data):
+    """The Keras variant scores 48x48 targets from 80x80 crops (TwoPathCNN's 33x33 window), never from zero padding."""
+    card = ModelCard(**keras_variant(default_template("twopathcnn")))
+    recipe = Recipe.from_dict({**card.training, "batch": 2, "crop": [48, 48]})
+    network = card.build()
+    cases = [load_training_case(data.data / c, data.cache, "brats2017") for c in json.loads(data.split.read_text())["train"]]
+    sampler = make_sampler(recipe, card, network, cases, plan_phases(recipe)[0], seed=0)
+    x, target = make_batch(recipe, sampler, "classes", torch.Generator().manual_seed(0))
+    assert x.shape[-2:] == (80, 80) and target.shape == (2, 48, 48)
+    with torch.no_grad():
+        scores = training_view(network.eval(), recipe)(x)
+        assert scores.shape == (2, 4, 48, 48)
+        assert torch.allclose(scores, network(x)[..., 16:64, 16:64], atol=1e-5)
 
 
 @needs_brats
