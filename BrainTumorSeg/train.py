@@ -220,6 +220,14 @@ def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: lis
     return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed, margin)
 
 
+def keep_logged_steps(losses_log: Path, last: int) -> None:
+    """Drop the per-step losses logged after step ``last`` (the checkpoint a run resumes from), which the resumed run
+    logs again; a missing log stays missing."""
+    if losses_log.is_file():
+        lines = losses_log.read_text().splitlines(keepends=True)
+        losses_log.write_text("".join(line for line in lines if line.strip() and json.loads(line)["step"] <= last))
+
+
 def training_view(network: nn.Module, recipe: Recipe) -> nn.Module:
     """What the loss sees: centre-pixel scores of patches, valid-only scores of slice crops (Havaei's CNNs), or the
     network itself."""
@@ -368,6 +376,8 @@ def train(
         history, elapsed = list(state.get("history", [])), float(state.get("minutes", 0.0))
         log.info("resumed at step %d", step)
     losses_log = args.out / "losses.jsonl"
+    if main_rank:
+        keep_logged_steps(losses_log, step)
     progress = TrainingProgress(total, step, enabled=main_rank and not args.quiet)
     optimizer = schedule = None
     running = None
