@@ -3,9 +3,11 @@
 Flips on both in-plane axes, a rotation of +-15 degrees with a scale of 0.85-1.15 (probability
 0.7), per-sequence intensity gain and shift, and noise (probability 0.2): the spatial and
 intensity augmentations the strongest BraTS systems report (e.g. Isensee et al. 2018,
-arXiv:1809.10483), in a form cheap enough for a CPU. Targets are channel masks (regions, or a
-one-hot of classes) warped with the image, or ``None`` for patches whose target is the label of
-their centre pixel (a rotation and scale about the patch centre keep that pixel where it is).
+arXiv:1809.10483), in a form cheap enough for a CPU. Targets are channel masks warped with the
+image: overlapping regions (each channel thresholded at 0.5) or a one-hot of exclusive classes
+(each pixel takes the class with the largest share, so pixels where three labels meet keep a
+tumor label); or ``None`` for patches whose target is the label of their centre pixel (a
+rotation and scale about the patch centre keep that pixel where it is).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch.nn.functional as F
 
 
 def augment(
-    x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, sequences: int
+    x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, sequences: int, exclusive: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Augmented copies of ``x`` ``(B, C, H, W)`` and target masks ``y`` ``(B, K, H, W)`` (or None)."""
+    """Augmented copies of ``x`` ``(B, C, H, W)`` and target masks ``y`` ``(B, K, H, W)`` (or None); ``exclusive``:
+    ``y`` is a one-hot of classes, channel 0 background."""
     b = x.shape[0]
     for dim in (2, 3):
         flip = torch.rand(b, generator=generator) < 0.5
@@ -34,7 +37,8 @@ def augment(
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if y is not None:
-        y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+        warped = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        y = one_hot(warped.argmax(dim=1), y.shape[1]) if exclusive else (warped > 0.5).float()
     brain = (x != 0).float()
     groups = x.view(b, -1, sequences, *x.shape[2:])  # (B, slices, sequences, H, W)
     gain = 1 + 0.1 * torch.randn(b, 1, sequences, 1, 1, generator=generator)
@@ -51,5 +55,5 @@ def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def from_one_hot(masks: torch.Tensor) -> torch.Tensor:
-    """Warped one-hot masks ``(B, K, H, W)`` -> labels ``(B, H, W)``; pixels no mask claims after warping are 0."""
-    return torch.where(masks.any(dim=1), masks.argmax(dim=1), 0)
+    """One-hot masks ``(B, K, H, W)`` -> labels ``(B, H, W)``."""
+    return masks.argmax(dim=1)

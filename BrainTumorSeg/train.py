@@ -247,7 +247,7 @@ def make_batch(recipe: Recipe, sampler: Any, output_type: str, generator: torch.
         return x, region_targets(labels) if output_type == "regions" else labels.long()
     masks = region_targets(labels) if output_type == "regions" else one_hot(labels, CLASSES)
     if recipe.augment:
-        x, masks = augment(x, masks, generator, len(MODALITIES))
+        x, masks = augment(x, masks, generator, len(MODALITIES), exclusive=output_type != "regions")
     masks = sampler.trim_target(masks)
     return x, masks if output_type == "regions" else from_one_hot(masks).long()
 

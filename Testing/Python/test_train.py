@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_support import ROOT, needs_brats, tiny_data
 
-from BrainTumorSeg.augmentation import augment
+from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
@@ -127,6 +127,17 @@ def test_sampler_and_augmentation_keep_image_and_target_aligned(cases):
     brain = (xa != 0).any(dim=1)
     assert ya[:, 0].bool().any()
     assert (ya[:, 0].bool() & ~brain).float().mean() < 0.01
+
+
+def test_warped_classes_leave_no_background_holes_where_labels_meet():
+    """Where three tumor labels meet, a rotated one-hot has no class above 0.5; the pixel must keep a tumor label."""
+    labels = torch.full((32, 64, 64), 1)
+    labels[:, 32:, :32], labels[:, 32:, 32:] = 2, 3
+    x, y = augment(torch.ones(32, 4, 64, 64), one_hot(labels, 4), torch.Generator().manual_seed(0), 4, exclusive=True)
+    assert (y.sum(dim=1) == 1).all()
+    warped = from_one_hot(y)
+    assert not (warped == 0)[x[:, 0] != 0].any()  # background only where the image was rotated out of view
+    assert (warped == 0).any() and set(warped.unique().tolist()) == {0, 1, 2, 3}
 
 
 @needs_brats
