@@ -221,11 +221,17 @@ def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: lis
 
 
 def keep_logged_steps(losses_log: Path, last: int) -> None:
-    """Drop the per-step losses logged after step ``last`` (the checkpoint a run resumes from), which the resumed run
-    logs again; a missing log stays missing."""
+    """Drop the per-step losses logged after step ``last`` (the checkpoint a run resumes from; 0 for a fresh run), which
+    this run logs again, and a line a killed run left half-written; a missing log stays missing."""
     if losses_log.is_file():
-        lines = losses_log.read_text().splitlines(keepends=True)
-        losses_log.write_text("".join(line for line in lines if line.strip() and json.loads(line)["step"] <= last))
+        kept = []
+        for line in losses_log.read_text().splitlines(keepends=True):
+            try:
+                if json.loads(line)["step"] <= last:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        losses_log.write_text("".join(kept))
 
 
 def training_view(network: nn.Module, recipe: Recipe) -> nn.Module:

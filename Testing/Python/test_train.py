@@ -69,8 +69,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
     assert main([*common, "--steps", "2"]) == 0
     first = torch.load(out / "checkpoint.pt", weights_only=True)
     assert first["step"] == 2
-    with (out / "losses.jsonl").open("a") as log:  # a step the killed run logged after its last checkpoint
-        log.write(json.dumps({"step": 3, "phase": "training", "loss": 1.0, "lr": 0.0}) + "\n")
+    with (out / "losses.jsonl").open("a") as log:  # logged by a killed run after its checkpoint, then a half-written line
+        log.write(json.dumps({"step": 3, "phase": "training", "loss": 1.0, "lr": 0.0}) + '\n{"step": 4, "pha')
     assert main([*common, "--steps", "4"]) == 0  # picks up at step 2, not from scratch
     assert steps_logged(out) == [1, 2, 3, 4]
     assert [h["step"] for h in ModelCard.read(out / "unet2d-axial.json").training["history"]] == [2, 4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -74,18 +75,22 @@ def test_keras_variant_trains_densely_with_batch_norm_and_per_slice_weights(data
 
 @needs_brats
 def test_dense_training_crops_carry_the_patch_margin_so_no_score_sees_padding(data):
-    """The Keras variant scores 48x48 targets from 80x80 crops (TwoPathCNN's 33x33 window), never from zero padding."""
-    card = ModelCard(**keras_variant(default_template("twopathcnn")))
-    recipe = Recipe.from_dict({**card.training, "batch": 2, "crop": [48, 48]})
-    network = card.build()
+    """Dense (Keras-variant) training: each target pixel's score comes from the whole window around that pixel, cut
+    from the crop, never from zero padding; LocalCascadeCNN's even 56x56 window has uneven margins (28 before, 27 after)."""
+    card = ModelCard(**keras_variant(default_template("localcascadecnn")))
+    recipe = Recipe.from_dict({**card.training, "batch": 2, "crop": [8, 8], "augment": False})
+    network = card.build().eval()
     cases = [load_training_case(data.data / c, data.cache, "brats2017") for c in json.loads(data.split.read_text())["train"]]
     sampler = make_sampler(recipe, card, network, cases, plan_phases(recipe)[0], seed=0)
+    raw_x, raw_labels = copy.deepcopy(sampler).sample(2)
     x, target = make_batch(recipe, sampler, "classes", torch.Generator().manual_seed(0))
-    assert x.shape[-2:] == (80, 80) and target.shape == (2, 48, 48)
+    assert torch.equal(x, raw_x) and x.shape[-2:] == (63, 63)
+    assert torch.equal(target, raw_labels[:, 28:36, 28:36].long())  # target pixel i is crop pixel i + 28
     with torch.no_grad():
-        scores = training_view(network.eval(), recipe)(x)
-        assert scores.shape == (2, 4, 48, 48)
-        assert torch.allclose(scores, network(x)[..., 16:64, 16:64], atol=1e-5)
+        scores = training_view(network, recipe)(x)
+        assert scores.shape == (2, 4, 8, 8)
+        for i, j in ((0, 0), (3, 5), (7, 7)):  # the patch whose labelled pixel (28) is crop pixel (i + 28, j + 28)
+            assert torch.allclose(scores[:, :, i, j], network.classify_patches(x[:, :, i : i + 56, j : j + 56]), atol=1e-4)
 
 
 @needs_brats
