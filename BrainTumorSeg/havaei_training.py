@@ -4,6 +4,7 @@
   DistributedDataParallel (which only sees ``forward``) averages the gradients of patch training.
 - :class:`ValidSlices`: a network whose ``forward`` scores only the pixels whose whole patch lies inside the
   input (no zero padding), for dense training on slice crops cut inside the brain (the Keras variant).
+- :func:`is_window_classifier`: whether a network is one of these window classifiers.
 - :func:`output_layer`: the layer phase 2 retrains alone ("we retrain only the output layer ... on a more
   representative distribution of the labels"): TwoPathCNN's final 21x21 convolution, or the second CNN's in
   a cascade.
@@ -49,6 +50,12 @@ class ValidSlices(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network.valid(x)
+
+
+def is_window_classifier(network: nn.Module) -> bool:
+    """Whether ``network`` labels each pixel from the ``patch_size`` window around it (TwoPathCNN and the cascades),
+    so that dense training needs that much context around every scored pixel."""
+    return isinstance(network, (TwoPathCNN, _Cascade))
 
 
 def output_layer(network: nn.Module) -> nn.Module:

@@ -36,7 +36,15 @@ from .augmentation import augment, from_one_hot, one_hot
 from .case import MODALITIES
 from .device import autocast, autocast_dtype, resolve_device
 from .errors import InputError
-from .havaei_training import PatchClassification, ValidSlices, apply_max_norm, l1_penalty, load_first_cnn, output_layer
+from .havaei_training import (
+    PatchClassification,
+    ValidSlices,
+    apply_max_norm,
+    is_window_classifier,
+    l1_penalty,
+    load_first_cnn,
+    output_layer,
+)
 from .labels import region_masks
 from .losses import LOSSES, Loss
 from .metrics import mean_region_dice, region_dice
@@ -215,7 +223,7 @@ def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: lis
         return PatchSampler(cases, axis, network.patch_size, phase.balance, seed)
     if recipe.sampler == "blocks":
         return BlockSampler(cases, tuple(recipe.block), recipe.block_ratios, seed, augment=recipe.augment)
-    window = getattr(network, "patch_size", 1)  # Havaei's CNNs trained densely: context for every target pixel
+    window = network.patch_size if is_window_classifier(network) else 1  # context for every scored pixel
     margin = (window // 2, window - 1 - window // 2)
     return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed, margin)
 
@@ -239,7 +247,7 @@ def training_view(network: nn.Module, recipe: Recipe) -> nn.Module:
     network itself."""
     if recipe.sampler == "patches":
         return PatchClassification(network)
-    return ValidSlices(network) if hasattr(network, "patch_size") else network
+    return ValidSlices(network) if is_window_classifier(network) else network
 
 
 def make_batch(recipe: Recipe, sampler: Any, output_type: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
