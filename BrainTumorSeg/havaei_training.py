@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import InputError
 from .models.havaei import TwoPathCNN, _Cascade
+from .models.registry import mismatch
 
 
 class PatchClassification(nn.Module):
@@ -75,9 +76,7 @@ def load_first_cnn(network: _Cascade, path: Path) -> str:
     try:
         network.first.load_state_dict(state)
     except RuntimeError as error:
-        raise InputError(
-            path, f"not the weights of a TwoPathCNN with this cascade's configuration ({str(error).splitlines()[0]})"
-        ) from None
+        raise InputError(path, f"not the weights of a TwoPathCNN with this cascade's configuration ({mismatch(error)})") from None
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

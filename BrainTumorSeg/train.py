@@ -14,6 +14,7 @@ resume; DistributedDataParallel under ``torchrun`` (:mod:`distributed`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -48,8 +49,8 @@ from .havaei_training import (
 from .labels import region_masks
 from .losses import LOSSES, Loss
 from .metrics import mean_region_dice, region_dice
-from .models.card import ARCHITECTURE_NAMES, ModelCard
-from .models.registry import save_weights
+from .models.card import ARCHITECTURE_NAMES, ModelCard, is_model_card
+from .models.registry import load_weights, save_weights
 from .pipeline import predict_with_card
 from .postprocess import probabilities_to_labels
 from .recipes import CASCADES, HAVAEI, Recipe, default_template, keras_variant
@@ -114,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Havaei CNNs: the paper's procedure or the Keras one",
     )
     what.add_argument("--first-cnn", type=Path, help="cascades: weights (safetensors) of a trained TwoPathCNN, kept fixed")
+    what.add_argument(
+        "--init",
+        type=Path,
+        help="start from these weights (safetensors of the same architecture and configuration): continue a finished "
+        "run with a new schedule, or fine-tune a model on your own cases",
+    )
     p.add_argument("--data", required=True, type=Path, help="folder of BraTS-named case folders")
     p.add_argument("--split", required=True, type=Path, help='JSON {"train": [ids], "validation": [ids]}')
     p.add_argument("--out", required=True, type=Path)
@@ -226,6 +233,21 @@ def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: lis
     window = network.patch_size if is_window_classifier(network) else 1  # context for every scored pixel
     margin = (window // 2, window - 1 - window // 2)
     return SliceSampler(cases, axis, card.context_slices, tuple(recipe.crop), recipe.tumor_fraction, seed, margin)
+
+
+def start_from(network: nn.Module, path: Path, model_id: str) -> dict[str, Any]:
+    """Load ``path``'s weights into ``network`` (every key must match) for training to start from; returns what the
+    card records: the file, its sha256 and, when that model's card lies beside it, its id, training minutes and
+    validation Dice (so the new card tells the whole history)."""
+    if not path.is_file():
+        raise InputError(path, "weights to start from (--init) not found")
+    load_weights(network, path, model_id)
+    record: dict[str, Any] = {"weights": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    beside = path.with_suffix(".json")
+    if beside.is_file() and is_model_card(beside):
+        earlier = ModelCard.read(beside)
+        record.update(model=earlier.id, minutes=earlier.training.get("minutes"), dice=earlier.validation.get("dice"))
+    return record
 
 
 def keep_logged_steps(losses_log: Path, last: int) -> None:
@@ -360,20 +382,21 @@ def train(
         logging.getLogger().setLevel(logging.WARNING)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     split = json.loads(args.split.read_text())
-    args.out.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(timezone.utc)
     started = time.time()
-    train_ids = shard(list(split["train"]), context.rank, context.world_size)
-    train_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in train_ids]
-    val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]] if main_rank else []
-    log.info("loaded %d training and %d validation cases in %.0f s", len(train_cases), len(val_cases), time.time() - started)
-
-    network = card.build()
+    network = card.build()  # weights first: a wrong file fails before minutes of case loading
     first_cnn: dict[str, str] = {}
     if card.architecture in CASCADES and card.config.get("freeze_first"):
         if args.first_cnn is None:
             raise InputError("--first-cnn", f"{card.architecture} trains with a fixed first CNN: give trained TwoPathCNN weights")
         first_cnn = {"weights": args.first_cnn.name, "sha256": load_first_cnn(network, args.first_cnn)}
+    init = start_from(network, args.init, card.id) if args.init else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_ids = shard(list(split["train"]), context.rank, context.world_size)
+    train_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in train_ids]
+    val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]] if main_rank else []
+    log.info("loaded %d training and %d validation cases in %.0f s", len(train_cases), len(val_cases), time.time() - started)
+
     spatial_3d = recipe.sampler == "blocks"
     memory_format = torch.channels_last if device.type == "cpu" and not spatial_3d else torch.contiguous_format
     network = network.to(device).to(memory_format=memory_format)
@@ -458,7 +481,9 @@ def train(
     if not main_rank:
         return 0
     minutes = elapsed + (time.time() - started) / 60
-    write_card(args, card, recipe, network, phases, val_cases, history, first_cnn, argv, minutes, started_at, context, dtype)
+    extra = {"first_cnn": first_cnn} if first_cnn else {}
+    extra.update({"init": init} if init else {})
+    write_card(args, card, recipe, network, phases, val_cases, history, extra, argv, minutes, started_at, context, dtype)
     return 0
 
 
@@ -470,7 +495,7 @@ def write_card(
     phases: list[Phase],
     val_cases: list[CachedCase],
     history: list[dict],
-    first_cnn: dict[str, str],
+    extra: dict[str, dict],
     argv: list[str] | None,
     minutes: float,
     started_at: datetime,
@@ -508,7 +533,7 @@ def write_card(
         + (" on WT/TC/ET (sigmoid)" if card.outputs["type"] == "regions" else " over labels 0-3 (softmax)"),
         "phases": [p.describe(n) for p, n in zip(phases, phase_steps, strict=True)],
         "augmentation": AUGMENTATION[recipe.sampler] if recipe.augment else "none",
-        **({"first_cnn": first_cnn} if first_cnn else {}),
+        **extra,  # the fixed first CNN of a cascade, the weights training started from
         "started": started_at.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "minutes": round(minutes, 1),

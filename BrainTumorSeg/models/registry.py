@@ -48,8 +48,16 @@ def load_weights(network: nn.Module, path: Path, model_id: str) -> nn.Module:
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
-        raise InputError(path, f"weights do not match the card's architecture ({str(error).splitlines()[0]})") from None
+        raise InputError(path, f"weights do not match the card's architecture ({mismatch(error)})") from None
     return network.eval()
+
+
+def mismatch(error: RuntimeError) -> str:
+    """The first concrete complaint of ``load_state_dict`` (a size mismatch, missing or unexpected keys), shortened
+    to fit a one-line error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else "state dict mismatch"
+    return detail if len(detail) <= 200 else detail[:197] + "..."
 
 
 def save_weights(network: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:

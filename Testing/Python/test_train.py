@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from train_support import ROOT, needs_brats, tiny_data
 
 from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
+from BrainTumorSeg.resources import resources_dir
 from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
 from BrainTumorSeg.training_progress import TrainingProgress
 
@@ -74,6 +77,29 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
     assert main([*common, "--steps", "4"]) == 0  # picks up at step 2, not from scratch
     assert steps_logged(out) == [1, 2, 3, 4]
     assert [h["step"] for h in ModelCard.read(out / "unet2d-axial.json").training["history"]] == [2, 4]
+
+
+@needs_brats
+def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys):
+    common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', "--quiet"]
+    common += ["--batch", "2", "--crop", "48", "48", "--steps", "2"]
+    first = tmp_path / "first"
+    assert main([*common, *data.args(first)]) == 0
+    weights = first / "unet2d-axial.safetensors"
+    second = tmp_path / "second"
+    assert main([*common, *data.args(second), "--init", str(weights), "--lr", "0"]) == 0  # no step moves a weight
+    before, after = load_file(str(weights)), load_file(str(second / "unet2d-axial.safetensors"))
+    parameters = [k for k in before if "running_" not in k and "num_batches" not in k]  # not batch statistics
+    assert len(parameters) > 10 and all(torch.equal(before[k], after[k]) for k in parameters)
+    init = ModelCard.read(second / "unet2d-axial.json").training["init"]
+    assert init["weights"] == weights.name and init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert init["model"] == "unet2d-axial" and init["dice"] == ModelCard.read(first / "unet2d-axial.json").validation["dice"]
+    capsys.readouterr()
+    default = resources_dir() / "Models" / "unet2d-axial.safetensors"  # the shipped U-Net: other feature widths
+    assert main([*common, *data.args(tmp_path / "third"), "--init", str(default)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"brain-tumor-seg train: error: {default}: weights do not match the card's architecture (Unexpected key(s)")
+    assert len(error.splitlines()) == 1 and not (tmp_path / "third").exists()
 
 
 @needs_brats
