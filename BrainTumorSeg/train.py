@@ -385,12 +385,12 @@ def train(
     started_at = datetime.now(timezone.utc)
     started = time.time()
     network = card.build()  # weights first: a wrong file fails before minutes of case loading
-    first_cnn: dict[str, str] = {}
+    init = start_from(network, args.init, card.id) if args.init else {}
+    first_cnn: dict[str, str] = {}  # loaded after --init: a cascade's recorded first CNN is the one it trains with
     if card.architecture in CASCADES and card.config.get("freeze_first"):
         if args.first_cnn is None:
             raise InputError("--first-cnn", f"{card.architecture} trains with a fixed first CNN: give trained TwoPathCNN weights")
         first_cnn = {"weights": args.first_cnn.name, "sha256": load_first_cnn(network, args.first_cnn)}
-    init = start_from(network, args.init, card.id) if args.init else {}
     args.out.mkdir(parents=True, exist_ok=True)
     train_ids = shard(list(split["train"]), context.rank, context.world_size)
     train_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in train_ids]
