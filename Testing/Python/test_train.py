@@ -98,7 +98,8 @@ def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys)
     default = resources_dir() / "Models" / "unet2d-axial.safetensors"  # the shipped U-Net: other feature widths
     assert main([*common, *data.args(tmp_path / "third"), "--init", str(default)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"brain-tumor-seg train: error: {default}: weights do not match the card's architecture (Unexpected key(s)")
+    expected = f"brain-tumor-seg train: error: {default}: weights do not match the card's architecture (Unexpected key(s)"
+    assert error.startswith(expected)
     assert len(error.splitlines()) == 1 and not (tmp_path / "third").exists()
 
 
