@@ -40,3 +40,25 @@ def test_write_stores_the_result_in_the_card(one_case_card, capsys):
     assert stored["dice"]["WT"] > 0.8
     assert stored["seconds_per_case"] > 0
     assert "mean" in capsys.readouterr().out
+
+
+def test_choose_postprocess_adopts_the_best_variant_from_the_same_pass(one_case_card, tmp_path, capsys):
+    card, data = one_case_card
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for source in (card.path, card.weights_path):
+        shutil.copy(source, folder / source.name)
+    arguments = ["--model", card.id, "--models-dir", str(folder), "--data", str(data), "--precision", "fp32"]
+    assert main([*arguments, "--choose-postprocess", "--write"]) == 0
+    stored = ModelCard.read(folder / card.path.name)
+    means = stored.validation["postprocess_comparison"]
+    assert set(means) == set(POSTPROCESS_VARIANTS)
+    name = stored.validation["postprocess_choice"].split(":")[0]
+    assert sum(means[name].values()) == max(sum(scores.values()) for scores in means.values())
+    chosen = {k: v for k, v in POSTPROCESS_VARIANTS[name].to_dict().items() if v}
+    assert stored.postprocess == chosen
+    assert stored.validation["dice"] == means[name] and stored.validation["dice_before_clean_up"] == means["none"]
+    assert f"chosen clean-up: {name}" in capsys.readouterr().out
+    assert main([*arguments]) == 0  # the card's new clean-up, run through the shipping path, gives the stored Dice
+    mean_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mean"))
+    assert [float(v) for v in mean_line.split()[2::2]] == pytest.approx(list(means[name].values()), abs=1e-4)
