@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .case import read_truth, resolve_inputs, truth_file
+from .errors import InputError
 from .metrics import mean_region_dice, region_dice
 from .models.card import ModelCard, get_model
 from .pipeline import InferenceOptions, Member, RunOptions, postprocess_options, segment
@@ -36,28 +38,32 @@ POSTPROCESS_VARIANTS: dict[str, PostprocessOptions] = {
 
 
 def validate(
-    card: ModelCard,
+    cards: Sequence[ModelCard],
     data: Path,
     flips: str | None = None,
     precision: str = "auto",
     convention: str = "brats2017",
     variants: dict[str, PostprocessOptions] | None = None,
 ) -> dict[str, Any]:
-    """Mean and per-case region Dice, and mean seconds per case, on the card's validation cases.
+    """Mean and per-case region Dice, and mean seconds per case, on the cards' validation cases.
 
-    The card's own clean-up applies. With ``variants`` the network runs once per case and each
-    clean-up variant is scored on its raw labels too (``result["postprocess"][name]``: mean Dice).
+    Several cards are an ensemble (their probabilities averaged, as ``segment --model a,b``); they must
+    share one validation split. The first card's clean-up applies. With ``variants`` the networks run
+    once per case and each clean-up variant is scored on the raw labels too (``result["postprocess"][name]``).
     """
-    network = card.load()
+    splits = {tuple(card.training["split"]["validation"]) for card in cards}
+    if len(splits) != 1:
+        raise InputError(",".join(card.id for card in cards), "the models have different validation splits")
+    members = [Member(card, card.load()) for card in cards]
     per_case, seconds = {}, []
     by_variant: dict[str, dict[str, dict[str, float]]] = {name: {} for name in variants or {}}
-    own = postprocess_options([card], None)
-    for case_id in card.training["split"]["validation"]:
+    own = postprocess_options(cards, None)
+    for case_id in splits.pop():
         folder = data / case_id
         started = time.perf_counter()
         case = resolve_inputs(folder)
         options = RunOptions("cpu", precision, InferenceOptions(flips=flips), PostprocessOptions() if variants else None)
-        raw = segment(case, [Member(card, network)], options).labels
+        raw = segment(case, members, options).labels
         labels = postprocess(raw, own, case.voxel_volume_ml, case.brain) if variants and own.active else raw
         seconds.append(time.perf_counter() - started)
         truth = read_truth(truth_file(folder), convention=convention)
@@ -107,7 +113,7 @@ METHOD = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brain-tumor-seg validate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model id (default: the default model)")
+    parser.add_argument("--model", help="model id, or comma-separated ids for an ensemble (default: the default model)")
     parser.add_argument("--models-dir", action="append", default=[], metavar="DIR")
     parser.add_argument("--data", required=True, type=Path, help="folder of BraTS-named case folders")
     parser.add_argument("--tta", choices=("none", "x", "xy"), help="test-time mirroring (default: the card's)")
@@ -125,9 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         "with --write, store it and its Dice in the card",
     )
     args = parser.parse_args(argv)
-    card = get_model(args.model, args.models_dir)
+    ids = [m.strip() for m in args.model.split(",")] if args.model else [None]
+    if len(ids) > 1 and (args.write or args.choose_postprocess):
+        parser.error("--write and --choose-postprocess store into one model's card: give one --model")
     compare = args.compare_postprocess or args.choose_postprocess
-    result = validate(card, args.data, args.tta, args.precision, variants=POSTPROCESS_VARIANTS if compare else None)
+    try:
+        cards = [get_model(model_id, args.models_dir) for model_id in ids]
+        result = validate(cards, args.data, args.tta, args.precision, variants=POSTPROCESS_VARIANTS if compare else None)
+    except InputError as error:
+        print(f"brain-tumor-seg validate: error: {error}", file=sys.stderr)
+        return 2
+    card = cards[0]
     for case_id, scores in result["per_case"].items():
         print(f"{case_id:<24} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"{'mean':<24} " + "  ".join(f"{k} {v:.4f}" for k, v in result["dice"].items()))

@@ -25,7 +25,7 @@ def one_case_card(tmp_path_factory, default_card, cropped_sample):
 
 def test_variants_score_the_same_raw_labels(one_case_card):
     card, data = one_case_card
-    result = validate(card, data, precision="fp32", variants=POSTPROCESS_VARIANTS)
+    result = validate([card], data, precision="fp32", variants=POSTPROCESS_VARIANTS)
     assert set(result["postprocess"]) == set(POSTPROCESS_VARIANTS)
     assert result["postprocess"]["none"] == pytest.approx(result["dice"], abs=1e-4)  # the card has no clean-up
     assert result["dice"]["WT"] > 0.8
@@ -62,3 +62,25 @@ def test_choose_postprocess_adopts_the_best_variant_from_the_same_pass(one_case_
     assert main([*arguments]) == 0  # the card's new clean-up, run through the shipping path, gives the stored Dice
     mean_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mean"))
     assert [float(v) for v in mean_line.split()[2::2]] == pytest.approx(list(means[name].values()), abs=1e-4)
+
+
+def test_ensemble_of_a_model_with_itself_scores_as_the_model(one_case_card):
+    card, data = one_case_card
+    single, pair = validate([card], data, precision="fp32"), validate([card, card], data, precision="fp32")
+    assert pair["per_case"] == single["per_case"] and pair["dice"]["WT"] > 0.8
+
+
+def test_ensemble_members_must_share_a_validation_split(one_case_card, tmp_path, capsys):
+    card, data = one_case_card
+    raw = card.to_json()
+    raw.update(id="other", default=False)
+    raw["training"] = dict(raw["training"], split={"train": [], "validation": ["Brats18_elsewhere_1"]})
+    (tmp_path / "other.json").write_text(json.dumps(raw))
+    shutil.copy(card.weights_path, tmp_path / card.weights_path.name)
+    folders = ["--models-dir", str(card.path.parent), "--models-dir", str(tmp_path)]
+    assert main(["--model", f"{card.id},other", *folders, "--data", str(data)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"brain-tumor-seg validate: error: {card.id},other: the models have different validation splits\n"
+    with pytest.raises(SystemExit):
+        main(["--model", f"{card.id},other", *folders, "--data", str(data), "--write"])
+    assert "give one --model" in capsys.readouterr().err
