@@ -20,7 +20,7 @@ from BrainTumorSeg.resources import resources_dir
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((resources_dir() / "Models").glob("*.json"))
 SPLIT = json.loads((ROOT / "training" / "split.json").read_text())
-SLAB = 20  # axial slices through the sample's tumor: enough for every model's context, quick for the slow Havaei CNNs
+SLAB = 12  # axial slices through the sample's tumor: enough for every model's context, quick for the slow Havaei CNNs
 
 
 @pytest.fixture(scope="module")
