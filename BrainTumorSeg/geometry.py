@@ -87,6 +87,17 @@ class Reorientation:
         flips = tuple(lead + c for c in range(3) if self.flip[c])
         return np.ascontiguousarray(np.flip(out, flips) if flips else out)
 
+    def box_to_canonical(
+        self, box: tuple[tuple[int, int], ...], shape: tuple[int, ...]
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+        """A box (``(start, stop)`` per axis) in a SimpleITK-ordered array of ``shape`` -> that box and shape, canonical."""
+        canonical_box, canonical_shape = [], []
+        for c, a in enumerate(self.source_axis):
+            start, stop = box[a]
+            canonical_box.append((shape[a] - stop, shape[a] - start) if self.flip[c] else (start, stop))
+            canonical_shape.append(shape[a])
+        return tuple(canonical_box), tuple(canonical_shape)
+
     def from_canonical(self, array: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`to_canonical`."""
         lead = array.ndim - 3

@@ -26,7 +26,7 @@ from .geometry import Reorientation
 from .inference import Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import AXES, FLIPS, MODES, ModelCard
 from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
-from .preprocess import prepare
+from .preprocess import prepare_oriented
 from .probabilities import as_classes, average
 from .progress import RunControl
 
@@ -198,7 +198,7 @@ def segment(
     ]
     for_pass = control.steps("predict", len(names), lambda i: names[i])
     control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
-    prepared = prepare(orientation.to_canonical(case.data))  # channels in MODALITIES order; one brain mask and crop
+    prepared = prepare_oriented(case.data, orientation)  # channels in MODALITIES order; one brain mask and crop
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
         channels = prepared.data[[MODALITIES.index(m) for m in member.card.modalities]]

@@ -33,7 +33,7 @@ from .case import read_image, resolve_inputs, truth_file
 from .geometry import Reorientation
 from .inference import AXES, context_stack
 from .labels import from_convention
-from .preprocess import prepare
+from .preprocess import prepare_oriented
 
 CLASSES = 4  # internal labels 0 background, 1 NCR/NET, 2 ED, 3 ET
 
@@ -56,7 +56,7 @@ def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase
     case = resolve_inputs(folder)
     orientation = Reorientation.of(case.reference)
     truth = sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16)  # labels checked after the crop
-    prepared = prepare(orientation.to_canonical(case.data))
+    prepared = prepare_oriented(case.data, orientation)
     labels = from_convention(orientation.to_canonical(truth)[prepared.crop.slices], convention)
     cache.mkdir(parents=True, exist_ok=True)
     data = prepared.data.astype(np.float16)

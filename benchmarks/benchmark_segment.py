@@ -43,7 +43,7 @@ from BrainTumorSeg.geometry import Reorientation
 from BrainTumorSeg.models.card import get_model
 from BrainTumorSeg.models.havaei import TwoPathCNN, extract_patches
 from BrainTumorSeg.pipeline import predict_with_card
-from BrainTumorSeg.preprocess import prepare
+from BrainTumorSeg.preprocess import prepare_oriented
 from BrainTumorSeg.resources import sample_case_dir
 
 
@@ -74,7 +74,7 @@ def time_in_process(model: str | None, out: Path) -> float:
 
 def prepared_sample() -> np.ndarray:
     case = resolve_inputs(sample_case_dir())
-    return prepare(Reorientation.of(case.reference).to_canonical(case.data)).data
+    return prepare_oriented(case.data, Reorientation.of(case.reference)).data
 
 
 def time_forward(model: str | None, volume: np.ndarray) -> float:

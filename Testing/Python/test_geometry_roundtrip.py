@@ -18,6 +18,7 @@ from BrainTumorSeg.case import MODALITIES, resolve_inputs
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.geometry import Reorientation
 from BrainTumorSeg.pipeline import segment_case
+from BrainTumorSeg.preprocess import prepare, prepare_oriented
 
 
 def assert_same_grid(a: sitk.Image, b: sitk.Image) -> None:
@@ -120,3 +121,21 @@ def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sampl
     brain = original > 0
     # Down- then up-sampling blurs, but voxels must stay where they were: strong correlation inside the brain.
     assert np.corrcoef(original[brain], resampled[brain])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize(
+    "orientation",
+    [
+        Reorientation((2, 1, 0), (True, True, False)),  # the sample's own (LPS-stored)
+        Reorientation((2, 1, 0), (False, False, False)),
+        Reorientation((0, 2, 1), (True, False, True)),
+        Reorientation((1, 0, 2), (False, True, True)),
+    ],
+)
+def test_cropping_before_reorienting_prepares_the_same_network_input(sample_case, orientation):
+    whole_volume_first = prepare(orientation.to_canonical(sample_case.data))
+    box_first = prepare_oriented(sample_case.data, orientation)
+    assert box_first.crop == whole_volume_first.crop
+    assert box_first.crop.box != tuple((0, n) for n in box_first.crop.full_shape)  # the crop really cuts
+    np.testing.assert_array_equal(box_first.mask, whole_volume_first.mask)
+    np.testing.assert_array_equal(box_first.data, whole_volume_first.data)
