@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from . import __version__
 from .atomic import write_csv
 from .batch import DONE, FAILED, SEGMENTED, ProgressBar, Shard, discover_cases, parse_shard, run_batch, terminate_as_exit
-from .case import MODALITIES, NAME_SUFFIXES, image_extension, read_truth, resolve_inputs, truth_file
+from .case import MODALITIES, NAME_SUFFIXES, Case, image_extension, read_truth, resolve_inputs, truth_file
 from .errors import InputError
 from .evaluation import (
     AUTO,
@@ -43,6 +43,8 @@ from .progress import Cancelled, RunControl, json_lines
 from .resources import sample_case_dir
 
 if TYPE_CHECKING:  # PyTorch is imported only by the commands that run a network (`models`, `evaluate` start fast)
+    import numpy as np
+
     from .pipeline import Member, RunOptions
 
 log = logging.getLogger("brain_tumor_seg")
@@ -176,18 +178,22 @@ def run_segment(args: argparse.Namespace) -> int:
     control = RunControl(json_lines(sys.stdout) if as_json else None)
     started = time.perf_counter()
     control.report("load", 0, 1, "reading the model(s) and the four volumes")
-    # The volumes are read (I/O and decompression, which release the GIL) while PyTorch is imported
-    # and the model loaded; errors still surface in the order: model, then inputs.
+
+    # The volumes (and the ground truth) are read (I/O and decompression, which release the GIL) while
+    # PyTorch is imported and the model loaded; errors still surface in the order: model, then inputs.
+    def read_inputs() -> tuple[Case, np.ndarray | None]:
+        case = resolve_inputs(input_path, **files)
+        return case, (read_truth(truth, case.reference) if truth else None)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        reading = pool.submit(resolve_inputs, input_path, **files)
+        reading = pool.submit(read_inputs)
         try:
             members = load_members(args)
             options = run_options(args, members)
         except BaseException:
             reading.cancel()
             raise
-        case = reading.result()
-    truth_labels = read_truth(truth, case.reference) if truth else None
+        case, truth_labels = reading.result()
     control.report("load", 1, 1, "read the model(s) and the four volumes")
     case_id = case_id_of(input_path, files["t1ce"])
     from .pipeline import segment_to_folder

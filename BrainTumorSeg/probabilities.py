@@ -58,8 +58,10 @@ def average(outputs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
     """The mean of several models' probabilities and the ``outputs`` description that decides on it.
 
     One kind: that kind's mean (for class models, with one label layout). Mixed kinds: the mean
-    region probabilities, thresholded at 0.5.
+    region probabilities, thresholded at 0.5. One model: its own probabilities, not copied.
     """
+    if len(outputs) == 1:
+        return outputs[0]
     kinds = {(o["type"], tuple(o.get("labels", ()))) for _, o in outputs}
     if len(kinds) == 1 and outputs[0][1]["type"] == "classes":
         return np.mean([p for p, _ in outputs], axis=0), outputs[0][1]
