@@ -68,10 +68,10 @@ class Prepared:
 
 def prepare(canonical: np.ndarray, margin: int = 2) -> Prepared:
     """Mask, crop and z-score a canonical ``(C, x, y, z)`` case."""
-    mask = brain_mask(canonical)
-    crop = bounding_crop(mask, margin)
-    cropped_mask = mask[crop.slices]
-    return Prepared(zscore(canonical[(slice(None), *crop.slices)], cropped_mask), cropped_mask, crop)
+    return prepare_oriented(canonical, UNCHANGED, margin)
+
+
+UNCHANGED = Reorientation((0, 1, 2), (False, False, False))  # an array already in canonical order
 
 
 def prepare_oriented(source: np.ndarray, orientation: Reorientation, margin: int = 2) -> Prepared:
