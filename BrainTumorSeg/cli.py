@@ -38,7 +38,7 @@ from .evaluation import (
 from .export import check_writable
 from .labels import CONVENTIONS
 from .metrics import region_dice
-from .models.card import AXES, FLIPS, MODES, available_models, get_model
+from .models.card import AXES, FLIPS, MODES, ModelCard, available_models, get_model
 from .progress import Cancelled, RunControl, json_lines
 from .resources import sample_case_dir
 
@@ -127,26 +127,32 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_members(args: argparse.Namespace) -> list[Member]:
-    """The models named by ``--model`` (comma-separated) with their networks loaded."""
+def models_name(cards: Sequence[ModelCard]) -> str:
+    """The model id recorded with the outputs: the named card's, or ``a+b`` for models named together."""
+    return "+".join(card.id for card in cards)
+
+
+def load_members(args: argparse.Namespace) -> tuple[list[ModelCard], list[Member]]:
+    """The cards named by ``--model`` (comma-separated) and the networks they run, loaded (an ensemble card's members)."""
+    from .models.ensemble import expand
     from .pipeline import Member
 
     ids = [m.strip() for m in args.model.split(",")] if args.model else [None]
     if "" in ids:
         raise InputError("--model", f"empty model id in {args.model!r}")
     cards = [get_model(model_id, args.models_dir) for model_id in ids]
-    return [Member(card, card.load()) for card in cards]
+    return cards, [Member(card, card.load()) for card in expand(cards, args.models_dir)]
 
 
-def run_options(args: argparse.Namespace, members: list[Member]) -> RunOptions:
-    """Run options from the command line; checks every model's inference settings before any work."""
+def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[Member]) -> RunOptions:
+    """Run options from the command line (clean-up: the first named card's); checks every network's inference settings."""
     from .pipeline import InferenceOptions, RunOptions, inference_settings, postprocess_options
     from .postprocess import PostprocessOptions
 
     inference = InferenceOptions(
         mode=args.mode, axis=args.axis, window=tuple(args.window) if args.window else None, overlap=args.overlap, flips=args.tta
     )
-    base = PostprocessOptions() if args.postprocess == "none" else postprocess_options([m.card for m in members], None)
+    base = PostprocessOptions() if args.postprocess == "none" else postprocess_options(cards, None)
     changes = {
         "keep_largest": args.keep_largest,
         "min_component_ml": args.min_component_ml,
@@ -188,8 +194,8 @@ def run_segment(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(max_workers=1) as pool:
         reading = pool.submit(read_inputs)
         try:
-            members = load_members(args)
-            options = run_options(args, members)
+            cards, members = load_members(args)
+            options = run_options(args, cards, members)
         except BaseException:
             reading.cancel()
             raise
@@ -199,16 +205,18 @@ def run_segment(args: argparse.Namespace) -> int:
     from .pipeline import segment_to_folder
 
     with terminate_as_exit():
-        result, paths = segment_to_folder(case, members, out, case_id, args.labels, options, control, args.report)
+        result, paths = segment_to_folder(
+            case, members, out, case_id, args.labels, options, control, args.report, model_id=models_name(cards)
+        )
     seconds = time.perf_counter() - started
     volumes = json.loads(paths["volumes"].read_text())["volumes_ml"]
     scores = region_dice(result.labels, truth_labels) if truth_labels is not None else None
     if as_json:
         outputs = {kind: str(path.resolve()) for kind, path in paths.items()}
         extra = {"outputs": outputs, "volumes_ml": volumes, "seconds": round(seconds, 2)} | ({"dice": scores} if scores else {})
-        control.report("done", 1, 1, f"segmented {case_id} with {'+'.join(result.models)}", **extra)
+        control.report("done", 1, 1, f"segmented {case_id} with {models_name(cards)}", **extra)
         return 0
-    print(f"Segmented {case_id} with model {'+'.join(result.models)} in {seconds:.1f} s")
+    print(f"Segmented {case_id} with model {models_name(cards)} in {seconds:.1f} s")
     for kind, path in paths.items():
         print(f"  {kind:<13} {path.resolve()}")
     print("Volumes (mL):")
@@ -292,16 +300,16 @@ def run_batch_command(args: argparse.Namespace) -> int:
         truths = find_label_files(args.truth)
         if not truths:
             raise InputError(args.truth, "no label maps found (in the folder or its subfolders)")
-    members = load_members(args)
-    options = run_options(args, members)
-    model_id = "+".join(m.card.id for m in members)
+    cards, members = load_members(args)
+    options = run_options(args, cards, members)
+    model_id = models_name(cards)
     check_writable(args.out)
     from .pipeline import segment_to_folder
 
     def segment(case_id: str, folder: Path, out: Path, report: bool, progress: Callable[[int, int], None]) -> None:
         case = resolve_inputs(folder)
         control = RunControl(lambda event: progress(event.done, event.total) if event.stage == "predict" else None)
-        segment_to_folder(case, members, out, case_id, args.labels, options, control, report)
+        segment_to_folder(case, members, out, case_id, args.labels, options, control, report, model_id=model_id)
 
     selected = shard.select(list(cases))
     with terminate_as_exit():

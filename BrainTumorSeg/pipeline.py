@@ -25,6 +25,7 @@ from .export import check_writable, make_folder, remove_folders, write_outputs, 
 from .geometry import Reorientation
 from .inference import Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import AXES, FLIPS, MODES, ModelCard
+from .models.ensemble import member_cards
 from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
 from .preprocess import prepare_oriented
 from .probabilities import as_classes, average
@@ -236,15 +237,20 @@ def segment_case(
     progress: Progress | None = None,
     flips: str | None = None,
 ) -> np.ndarray:
-    """Internal labels (0 background, 1 NCR/NET, 2 ED, 3 ET) of one model on the case's reference grid.
+    """Internal labels (0 background, 1 NCR/NET, 2 ED, 3 ET) of one model on the case's reference grid, cleaned up as
+    its card says.
 
-    ``flips`` (test-time mirroring, see :func:`inference.predict_with_flips`) defaults to the card's ``inference.flips``.
+    ``card`` may be an ensemble card (its members are loaded; ``network`` is then not given). ``flips`` (test-time
+    mirroring, see :func:`inference.predict_with_flips`) defaults to the card's ``inference.flips``.
     ``progress(done, total)`` follows the network passes.
     """
     control = RunControl(lambda event: progress(event.done, event.total) if progress and event.stage == "predict" else None)
-    options = RunOptions(device, precision, InferenceOptions(flips=flips))
-    member = Member(card, network if network is not None else card.load())
-    return segment(case, [member], options, control).labels
+    options = RunOptions(device, precision, InferenceOptions(flips=flips), postprocess_options([card], None))
+    if network is not None:
+        members = [Member(card, network)]
+    else:
+        members = [Member(member, member.load()) for member in member_cards(card)]
+    return segment(case, members, options, control).labels
 
 
 def segment_to_folder(
@@ -256,20 +262,22 @@ def segment_to_folder(
     options: RunOptions | None = None,
     control: RunControl | None = None,
     report: bool = False,
+    model_id: str | None = None,
 ) -> tuple[Segmentation, dict[str, Path]]:
     """Segment a case and write its outputs (:func:`export.write_outputs`) into ``out``; returns the result and paths.
 
     Nothing is created before the outputs are complete: ``out`` is only checked at the start, so a
     failed, cancelled or killed run leaves nothing behind. With ``report`` a PNG of the result
     (:func:`report.write_case_report`) is written with the other outputs; with
-    ``options.probabilities`` the class probabilities and an uncertainty map.
+    ``options.probabilities`` the class probabilities and an uncertainty map. ``model_id`` is recorded
+    with the outputs (default: the networks' ids joined by ``+``; an ensemble card passes its own).
     """
     control = control or RunControl()
     check_writable(out, keep=False)
     result = segment(case, members, options, control)
     control.report("write", 0, 1, f"writing outputs to {out}")
     extras: dict[str, tuple[str, Callable[[Path], None]]] = {}
-    model_id = "+".join(result.models)
+    model_id = model_id or "+".join(result.models)
     if report:
         from .report import write_case_report  # matplotlib only when asked for
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .models.card import ModelCard, available_models
+from .models.ensemble import member_cards
 from .slicer_inputs import model_label, model_tooltip
 
 MODALITY_FLAGS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -155,6 +156,12 @@ def offered_models(folder: str | Path = "") -> OfferedModels:
         if problem := _display_problem(card):  # a hand-edited card with a wrong type: leave it out
             notes.append(problem)
             del cards[card.id]
+        elif card.is_ensemble:
+            try:
+                member_cards(card, [path])
+            except ValueError as error:  # errors.InputError: a member that is not found
+                notes.append(f"Model {card.id}: not offered, {error}")
+                del cards[card.id]
         elif not card.weights_path.is_file():
             notes.append(f"Model {card.id}: weights file {card.weights_path} is missing.")
     return OfferedModels(cards, [path], notes)

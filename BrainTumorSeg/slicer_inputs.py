@@ -73,6 +73,8 @@ def model_tooltip(card: ModelCard) -> str:
     lines = [card.name or card.id]
     if card.description:
         lines.append(card.description)
+    if card.is_ensemble:
+        lines.append(f"Ensemble of: {', '.join(card.members)}")
     dice = card.validation.get("dice", {})
     if dice:
         scores = ", ".join(f"{region} {dice[region]:.3f}" for region in ("WT", "TC", "ET") if region in dice)

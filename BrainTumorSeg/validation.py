@@ -22,6 +22,7 @@ from .case import read_truth, resolve_inputs, truth_file
 from .errors import InputError
 from .metrics import mean_region_dice, region_dice
 from .models.card import ModelCard, get_model
+from .models.ensemble import expand
 from .pipeline import InferenceOptions, Member, RunOptions, postprocess_options, segment
 from .postprocess import PostprocessOptions, postprocess
 
@@ -44,17 +45,20 @@ def validate(
     precision: str = "auto",
     convention: str = "brats2017",
     variants: dict[str, PostprocessOptions] | None = None,
+    extra_dirs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Mean and per-case region Dice, and mean seconds per case, on the cards' validation cases.
 
-    Several cards are an ensemble (their probabilities averaged, as ``segment --model a,b``); they must
-    share one validation split. The first card's clean-up applies. With ``variants`` the networks run
-    once per case and each clean-up variant is scored on the raw labels too (``result["postprocess"][name]``).
+    Several cards, or an ensemble card, are an ensemble (probabilities averaged, as ``segment --model a,b``);
+    their networks must share one validation split. The first card's clean-up applies. With ``variants`` the
+    networks run once per case and each clean-up variant is scored on the raw labels too
+    (``result["postprocess"][name]``). Ensemble members are looked up in ``extra_dirs`` and the usual folders.
     """
-    splits = {tuple(card.training["split"]["validation"]) for card in cards}
+    networks = expand(cards, extra_dirs)
+    splits = {tuple(card.training["split"]["validation"]) for card in networks}
     if len(splits) != 1:
         raise InputError(",".join(card.id for card in cards), "the models have different validation splits")
-    members = [Member(card, card.load()) for card in cards]
+    members = [Member(card, card.load()) for card in networks]
     per_case, seconds = {}, []
     by_variant: dict[str, dict[str, dict[str, float]]] = {name: {} for name in variants or {}}
     own = postprocess_options(cards, None)
@@ -62,16 +66,21 @@ def validate(
         folder = data / case_id
         started = time.perf_counter()
         case = resolve_inputs(folder)
-        options = RunOptions("cpu", precision, InferenceOptions(flips=flips), PostprocessOptions() if variants else None)
+        options = RunOptions("cpu", precision, InferenceOptions(flips=flips), PostprocessOptions())
         raw = segment(case, members, options).labels
-        labels = postprocess(raw, own, case.voxel_volume_ml, case.brain) if variants and own.active else raw
+        labels = postprocess(raw, own, case.voxel_volume_ml, case.brain) if own.active else raw
         seconds.append(time.perf_counter() - started)
         truth = read_truth(truth_file(folder), convention=convention)
         per_case[case_id] = {k: round(v, 4) for k, v in region_dice(labels, truth).items()}
         for name, variant in (variants or {}).items():
             cleaned = postprocess(raw, variant, case.voxel_volume_ml, case.brain)
             by_variant[name][case_id] = region_dice(cleaned, truth)
-    result = {"dice": mean_region_dice(per_case), "per_case": per_case, "seconds_per_case": round(float(np.mean(seconds)), 1)}
+    result = {
+        "cases": len(per_case),
+        "dice": mean_region_dice(per_case),
+        "per_case": per_case,
+        "seconds_per_case": round(float(np.mean(seconds)), 1),
+    }
     if variants:
         result["postprocess"] = {name: mean_region_dice(scores) for name, scores in by_variant.items()}
         result["postprocess_per_case"] = {
@@ -137,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     compare = args.compare_postprocess or args.choose_postprocess
     try:
         cards = [get_model(model_id, args.models_dir) for model_id in ids]
-        result = validate(cards, args.data, args.tta, args.precision, variants=POSTPROCESS_VARIANTS if compare else None)
+        variants = POSTPROCESS_VARIANTS if compare else None
+        result = validate(cards, args.data, args.tta, args.precision, variants=variants, extra_dirs=args.models_dir)
     except InputError as error:
         print(f"brain-tumor-seg validate: error: {error}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ Prints, each figure from this invocation on this machine:
 - the reference most Slicer users run today, MONAI Auto3DSeg's BraTS SegResNet (SegResNetDS, 32
   initial filters, blocks 1-2-2-4-4, instance norm), 3D sliding window 128^3, overlap 0.625, gaussian,
   on the same brain-cropped volume our forward gets, same threads (untrained weights: speed only), as a ratio
-  to our default model's forward.
+  to our default model's forward (an ensemble's: all its networks).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from BrainTumorSeg.case import resolve_inputs
 from BrainTumorSeg.device import autocast_dtype, cpu_has_bf16
 from BrainTumorSeg.geometry import Reorientation
 from BrainTumorSeg.models.card import get_model
+from BrainTumorSeg.models.ensemble import member_cards
 from BrainTumorSeg.models.havaei import TwoPathCNN, extract_patches
 from BrainTumorSeg.pipeline import predict_with_card
 from BrainTumorSeg.preprocess import prepare_oriented
@@ -95,13 +96,16 @@ def prepared_sample() -> np.ndarray:
     return prepare_oriented(case.data, Reorientation.of(case.reference)).data
 
 
-def time_forward(model: str | None, volume: np.ndarray) -> float:
-    card = get_model(model)
-    network = card.load()
+def time_forward(model: str | None, volume: np.ndarray) -> list[float]:
+    """Seconds of each of the model's networks (an ensemble card's members) on the prepared volume."""
+    loaded = [(card, card.load()) for card in member_cards(get_model(model))]
     device = torch.device("cpu")
-    started = time.perf_counter()
-    predict_with_card(card, network, volume, device, autocast_dtype(device))
-    return time.perf_counter() - started
+    seconds = []
+    for card, network in loaded:
+        started = time.perf_counter()
+        predict_with_card(card, network, volume, device, autocast_dtype(device))
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 @torch.inference_mode()
@@ -153,13 +157,18 @@ def main() -> None:
         runs = [time_cli(args.model, Path(tmp) / f"run{i}") for i in range(args.repeats)]
     cli = [seconds for seconds, _ in runs]
     volume = prepared_sample()
-    forward = [time_forward(args.model, volume) for _ in range(args.repeats)]
+    per_network = [time_forward(args.model, volume) for _ in range(args.repeats)]
+    forward = [sum(times) for times in per_network]
     with tempfile.TemporaryDirectory() as tmp:
         time_in_process(args.model, Path(tmp) / "warm-up")
         in_process = [time_in_process(args.model, Path(tmp) / f"run{i}") for i in range(args.repeats)]
     whole, net, warm = statistics.median(cli), statistics.median(forward), statistics.median(in_process)
     print(f"whole CLI run (median of {args.repeats}):  {whole:7.2f} s   runs: {', '.join(f'{t:.2f}' for t in cli)}")
     print(f"network forward alone (median):      {net:7.2f} s   runs: {', '.join(f'{t:.2f}' for t in forward)}")
+    if len(per_network[0]) > 1:
+        medians = [statistics.median(times) for times in zip(*per_network, strict=True)]
+        names = [card.id for card in member_cards(card)]
+        print(f"  of which, per network (median):    {', '.join(f'{n} {t:.2f} s' for n, t in zip(names, medians, strict=True))}")
     print(f"whole run / forward:                 {whole / net:7.2f}   (target <= 1.3; whole run target <= 10 s)")
     print(f"in a warm process (median):          {warm:7.2f} s   runs: {', '.join(f'{t:.2f}' for t in in_process)}")
     print(

@@ -4,6 +4,9 @@ A model card is ``<id>.json`` beside ``<id>.safetensors`` in a models folder:
 the bundled ``Resources/Models``, folders in ``BRAIN_TUMOR_SEG_MODELS``
 (``os.pathsep``-separated) and any ``--models-dir``. Behaviour comes from the card
 (architecture, config, inputs, outputs, inference mode), never from a file name.
+An ensemble card (``"architecture": "ensemble"``) has no weights: it names its ``members``
+(other cards, run each in its own mode, probabilities averaged) and holds the ensemble's own
+clean-up and validation; see :mod:`.ensemble`.
 Listing cards needs only the standard library, so the Slicer module can offer the
 models before PyTorch is installed; building a network (:mod:`.registry`) needs PyTorch.
 """
@@ -33,7 +36,9 @@ ARCHITECTURE_NAMES = (
     "pspnet",
     "segresnet",
 )
+ENSEMBLE = "ensemble"  # the architecture of a card that only names member cards
 MODELS_ENV = "BRAIN_TUMOR_SEG_MODELS"
+NETWORK_FIELDS = ("config", "inputs", "outputs", "inference")
 
 # The vocabulary of a card's ``inference`` block (see pipeline.InferenceOptions).
 MODES = ("slices", "dense", "window")
@@ -49,10 +54,10 @@ class ModelCard:
 
     id: str
     architecture: str
-    config: dict[str, Any]
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    inference: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)  # clean-up defaults (postprocess.PostprocessOptions)
     name: str = ""
@@ -61,6 +66,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
+    members: list[str] = field(default_factory=list)  # ensemble cards only: the member models' ids
 
     @classmethod
     def read(cls, path: Path) -> ModelCard:
@@ -70,13 +76,26 @@ class ModelCard:
             card = cls(**known, path=path)
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise InputError(path, f"not a valid model card ({error})") from None
+        if card.is_ensemble:
+            if not card.members or not all(isinstance(m, str) and m for m in card.members):
+                raise InputError(path, 'an ensemble card needs "members": a list of model ids')
+            return card
         if card.architecture not in ARCHITECTURE_NAMES:
-            raise InputError(path, f"unknown architecture {card.architecture!r}; known: {', '.join(ARCHITECTURE_NAMES)}")
+            known = ", ".join((*ARCHITECTURE_NAMES, ENSEMBLE))
+            raise InputError(path, f"unknown architecture {card.architecture!r}; known: {known}")
+        missing = [name for name in NETWORK_FIELDS if name not in raw]
+        if missing:
+            raise InputError(path, f"not a valid model card (missing {', '.join(repr(m) for m in missing)})")
         return card
 
+    @property
+    def is_ensemble(self) -> bool:
+        return self.architecture == ENSEMBLE
+
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "path"}
-        return out
+        """The card's fields; an ensemble card leaves out the network fields it does not have."""
+        skip = {"path", *NETWORK_FIELDS, "weights"} if self.is_ensemble else {"path", "members"}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in skip}
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -99,6 +118,8 @@ class ModelCard:
         """The untrained network of this card's architecture and configuration (imports PyTorch)."""
         from .registry import build_network
 
+        if self.is_ensemble:
+            raise ValueError(f"model {self.id} is an ensemble of {', '.join(self.members)}: build its members")
         return build_network(self.architecture, self.config)
 
     def load(self) -> nn.Module:

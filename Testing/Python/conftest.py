@@ -12,6 +12,7 @@ from train_support import copy_cropped
 from BrainTumorSeg.case import Case, resolve_inputs
 from BrainTumorSeg.labels import from_convention
 from BrainTumorSeg.models.card import ModelCard, get_model
+from BrainTumorSeg.models.ensemble import member_cards
 from BrainTumorSeg.pipeline import segment_case
 from BrainTumorSeg.resources import sample_case_dir
 
@@ -35,18 +36,25 @@ def sample_truth(sample_dir: Path) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def default_card() -> ModelCard:
+    """The default model's card (its networks: :func:`member_cards`, itself unless it is an ensemble card)."""
     return get_model()
 
 
 @pytest.fixture(scope="session")
-def default_network(default_card: ModelCard):
-    return default_card.load()
+def unet_card(default_card: ModelCard) -> ModelCard:
+    """One real trained network for the engine's mechanics: the default model's (first), a 2D U-Net on axial slices."""
+    return member_cards(default_card)[0]
 
 
 @pytest.fixture(scope="session")
-def sample_labels(sample_case: Case, default_card: ModelCard, default_network) -> np.ndarray:
-    """Default model's fp32 labels of the sample as stored (LPS)."""
-    return segment_case(sample_case, default_card, default_network, device="cpu", precision="fp32")
+def unet_network(unet_card: ModelCard):
+    return unet_card.load()
+
+
+@pytest.fixture(scope="session")
+def sample_labels(sample_case: Case, default_card: ModelCard) -> np.ndarray:
+    """Default model's fp32 labels of the sample as stored (LPS), cleaned up as its card says (as the CLI does)."""
+    return segment_case(sample_case, default_card, device="cpu", precision="fp32")
 
 
 TINY_MODEL_ID = "tiny-test"

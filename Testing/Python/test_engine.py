@@ -87,40 +87,40 @@ def small_case(cropped_sample):
 
 
 @pytest.fixture(scope="module")
-def small_raw_labels(small_case, default_card, default_network) -> np.ndarray:
-    """The default model alone on the small case before clean-up, written out step by step (not through the engine)."""
+def small_raw_labels(small_case, unet_card, unet_network) -> np.ndarray:
+    """The axial U-Net alone on the small case before clean-up, written out step by step (not through the engine)."""
     orientation = Reorientation.of(small_case.reference)
     prepared = prepare(orientation.to_canonical(small_case.data))
-    probabilities = predict_with_card(default_card, default_network, prepared.data, torch.device("cpu"), None)
-    labels = probabilities_to_labels(probabilities, default_card.outputs, prepared.mask)
+    probabilities = predict_with_card(unet_card, unet_network, prepared.data, torch.device("cpu"), None)
+    labels = probabilities_to_labels(probabilities, unet_card.outputs, prepared.mask)
     return orientation.from_canonical(prepared.crop.paste(labels))
 
 
 @pytest.fixture(scope="module")
-def small_labels(small_case, default_card, small_raw_labels) -> np.ndarray:
+def small_labels(small_case, unet_card, small_raw_labels) -> np.ndarray:
     """... and after the clean-up its card asks for."""
-    clean_up = PostprocessOptions.from_dict(default_card.postprocess)
+    clean_up = PostprocessOptions.from_dict(unet_card.postprocess)
     return postprocess(small_raw_labels, clean_up, small_case.voxel_volume_ml, small_case.brain)
 
 
-def test_sliding_window_with_one_tile_per_slice_equals_slice_wise(default_card, default_network, prepared_sample):
+def test_sliding_window_with_one_tile_per_slice_equals_slice_wise(unet_card, unet_network, prepared_sample):
     """2D patch-wise inference whose tile covers the whole slice gives the slice-wise labels."""
     volume = prepared_sample.data[..., 50:90]
     cpu = torch.device("cpu")
-    slices = predict_with_card(default_card, default_network, volume, cpu, None)
+    slices = predict_with_card(unet_card, unet_network, volume, cpu, None)
     window = InferenceOptions(mode="window", window=volume.shape[1:3], overlap=0.5)
-    tiles = predict_with_card(default_card, default_network, volume, cpu, None, options=window)
+    tiles = predict_with_card(unet_card, unet_network, volume, cpu, None, options=window)
     np.testing.assert_allclose(tiles, slices, atol=1e-5)
     assert np.array_equal(tiles > 0.5, slices > 0.5)
 
 
-def test_sliding_window_with_overlapping_tiles_agrees_with_slice_wise(default_card, default_network, prepared_sample):
+def test_sliding_window_with_overlapping_tiles_agrees_with_slice_wise(unet_card, unet_network, prepared_sample):
     """Smaller overlapping tiles blended by a gaussian change the labels of very few voxels."""
     volume = prepared_sample.data[..., 70:90]
     cpu = torch.device("cpu")
-    slices = predict_with_card(default_card, default_network, volume, cpu, None) > 0.5
+    slices = predict_with_card(unet_card, unet_network, volume, cpu, None) > 0.5
     window = InferenceOptions(mode="window", window=(112, 112), overlap=0.25)
-    tiles = predict_with_card(default_card, default_network, volume, cpu, None, options=window) > 0.5
+    tiles = predict_with_card(unet_card, unet_network, volume, cpu, None, options=window) > 0.5
     assert (tiles != slices).mean() < 0.01
     assert tiles[0].sum() > 1000  # the slab holds tumor, so agreement is not just background
 
@@ -135,27 +135,27 @@ def test_3d_window_progress_counts_every_window(models, prepared_sample):
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
-def test_ensemble_of_one_model_equals_that_model(small_case, default_card, default_network, small_labels):
+def test_ensemble_of_one_model_equals_that_model(small_case, unet_card, unet_network, small_labels):
     assert small_labels[small_labels == 3].size > 1000  # the crop holds the tumor
-    one = segment(small_case, [Member(default_card, default_network)], RunOptions("cpu", "fp32"))
+    one = segment(small_case, [Member(unet_card, unet_network)], RunOptions("cpu", "fp32"))
     assert np.array_equal(one.labels, small_labels)
-    twice = segment(small_case, [Member(default_card, default_network)] * 2, RunOptions("cpu", "fp32"))
+    twice = segment(small_case, [Member(unet_card, unet_network)] * 2, RunOptions("cpu", "fp32"))
     assert np.array_equal(twice.labels, small_labels)
 
 
-def test_ensemble_of_region_and_class_models_averages_regions(small_case, default_card, default_network, models):
+def test_ensemble_of_region_and_class_models_averages_regions(small_case, unet_card, unet_network, models):
     classes = models["unet-classes"]
-    members = [Member(default_card, default_network), Member(classes, classes.load())]
+    members = [Member(unet_card, unet_network), Member(classes, classes.load())]
     result = segment(small_case, members, RunOptions("cpu", "fp32", probabilities=True))
-    assert result.models == [default_card.id, classes.id]
+    assert result.models == [unet_card.id, classes.id]
     assert result.labels.shape == result.probabilities.shape[1:]
     np.testing.assert_allclose(result.probabilities.sum(axis=0), 1, atol=1e-4)
 
 
-def test_progress_is_monotonic_per_stage_and_ends_at_total(small_case, default_card, default_network):
+def test_progress_is_monotonic_per_stage_and_ends_at_total(small_case, unet_card, unet_network):
     events: list[ProgressEvent] = []
     options = RunOptions("cpu", "fp32", InferenceOptions(flips="x"))
-    segment(small_case, [Member(default_card, default_network)], options, RunControl(events.append))
+    segment(small_case, [Member(unet_card, unet_network)], options, RunControl(events.append))
     stages = [e.stage for e in events]
     assert stages == sorted(stages, key=["predict", "postprocess"].index)
     predict = [e for e in events if e.stage == "predict"]
@@ -165,7 +165,7 @@ def test_progress_is_monotonic_per_stage_and_ends_at_total(small_case, default_c
     assert events[-1] == ProgressEvent("postprocess", 1, 1, "labels and clean-up")
 
 
-def test_cancel_stops_within_a_second_and_writes_nothing(sample_case, default_card, default_network, tmp_path):
+def test_cancel_stops_within_a_second_and_writes_nothing(sample_case, unet_card, unet_network, tmp_path):
     out = tmp_path / "out"
     first_batch = threading.Event()
     control = RunControl(lambda e: first_batch.set() if e.stage == "predict" and e.done > 0 else None)
@@ -174,7 +174,7 @@ def test_cancel_stops_within_a_second_and_writes_nothing(sample_case, default_ca
     def run() -> None:
         try:
             segment_to_folder(
-                sample_case, [Member(default_card, default_network)], out, "case", options=RunOptions("cpu"), control=control
+                sample_case, [Member(unet_card, unet_network)], out, "case", options=RunOptions("cpu"), control=control
             )
         except Cancelled as error:
             outcome["error"] = error
@@ -191,10 +191,10 @@ def test_cancel_stops_within_a_second_and_writes_nothing(sample_case, default_ca
     assert not out.exists()
 
 
-def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_case, default_card, default_network, tmp_path):
+def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_case, unet_card, unet_network, tmp_path):
     result, paths = segment_to_folder(
         small_case,
-        [Member(default_card, default_network)],
+        [Member(unet_card, unet_network)],
         tmp_path,
         "case",
         options=RunOptions("cpu", "fp32", postprocess=PostprocessOptions(), probabilities=True),  # raw labels
@@ -211,12 +211,12 @@ def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_c
     assert entropy[result.labels == 0].mean() < entropy[result.labels > 0].mean()
     info = json.loads(paths["volumes"].read_text())
     assert info["outputs"]["probabilities"] == str(paths["probabilities"])
-    assert info["postprocess"] == result.postprocess.to_dict() and info["models"] == [default_card.id]
+    assert info["postprocess"] == result.postprocess.to_dict() and info["models"] == [unet_card.id]
 
 
-def test_keep_largest_only_removes_tumor(small_case, default_card, default_network, small_raw_labels):
+def test_keep_largest_only_removes_tumor(small_case, unet_card, unet_network, small_raw_labels):
     options = RunOptions("cpu", "fp32", postprocess=PostprocessOptions(keep_largest=True))
-    kept = segment(small_case, [Member(default_card, default_network)], options).labels
+    kept = segment(small_case, [Member(unet_card, unet_network)], options).labels
     assert ((kept > 0) <= (small_raw_labels > 0)).all()  # only removes tumor
     assert np.array_equal(kept[kept > 0], small_raw_labels[kept > 0])
 
@@ -248,9 +248,9 @@ def test_cpu_fallback_when_the_gpu_runs_out_of_memory(caplog):
         (InferenceOptions(mode="window", overlap=1.0), "--overlap: overlap must be at least 0 and below 1"),
     ],
 )
-def test_bad_inference_options_name_the_option(default_card, options, message):
+def test_bad_inference_options_name_the_option(unet_card, options, message):
     with pytest.raises(InputError) as error:
-        inference_settings(default_card, options)
+        inference_settings(unet_card, options)
     assert str(error.value) == message
 
 

@@ -70,16 +70,14 @@ def test_stored_lps_output_has_the_reference_grid(tmp_path, sample_dir, sample_l
 
 
 @pytest.mark.parametrize("kind, extension", [("ras", ".nii.gz"), ("oblique", ".nrrd")])
-def test_reoriented_copies_map_back_voxel_for_voxel(
-    tmp_path, sample_dir, sample_labels, default_card, default_network, kind, extension
-):
+def test_reoriented_copies_map_back_voxel_for_voxel(tmp_path, sample_dir, sample_labels, default_card, kind, extension):
     transform = ras_copy if kind == "ras" else oblique_copy
     folder = write_case(tmp_path / kind, sample_dir, transform, extension)
     case = resolve_inputs(folder)
     assert case.resampled == []  # one grid for all four: nothing is resampled
     stored = sitk.ReadImage(str(folder / f"copy_t1ce{extension}"))
     assert_same_grid(case.reference, stored)
-    labels = segment_case(case, default_card, default_network, device="cpu", precision="fp32")
+    labels = segment_case(case, default_card, device="cpu", precision="fp32")
     assert labels.shape == sitk.GetArrayFromImage(stored).shape
     back = labels[:, ::-1, ::-1] if kind == "ras" else labels
     np.testing.assert_array_equal(back, sample_labels)

@@ -13,6 +13,7 @@ from BrainTumorSeg.cli import main
 from BrainTumorSeg.export import volumes_ml, write_outputs
 from BrainTumorSeg.labels import SEGMENTS, from_convention
 from BrainTumorSeg.metrics import region_dice
+from BrainTumorSeg.models.ensemble import member_cards
 from BrainTumorSeg.pipeline import segment_case
 
 
@@ -82,18 +83,22 @@ def test_brats2023_labels_on_request(tmp_path, sample_dir, sample_labels, capsys
 def test_shipped_default_model_reaches_wt_dice_080_on_the_sample(sample_labels, sample_truth, default_card):
     dice = region_dice(sample_labels, sample_truth)
     assert dice["WT"] >= 0.80, dice
-    assert default_card.inference["mode"] == "slices" and default_card.inference["axis"] == "axial"
+    networks = member_cards(default_card)  # 2D U-Nets on whole slices, the axial one among them
+    assert {card.architecture for card in networks} == {"unet2d"}
+    assert all(card.inference["mode"] == "slices" for card in networks)
+    assert "axial" in [card.inference["axis"] for card in networks]
 
 
 def test_sample_is_a_validation_case_of_the_default_model(sample_dir, default_card):
-    split = default_card.training["split"]
-    assert sample_dir.name in split["validation"]
-    assert sample_dir.name not in split["train"]
+    for card in member_cards(default_card):
+        split = card.training["split"]
+        assert sample_dir.name in split["validation"]
+        assert sample_dir.name not in split["train"]
 
 
-def test_bf16_changes_fewer_than_0_1_percent_of_labels(sample_case, sample_labels, default_card, default_network):
+def test_bf16_changes_fewer_than_0_1_percent_of_labels(sample_case, sample_labels, default_card):
     """bf16 autocast (used on CPUs with native bf16) against fp32 on the whole sample case."""
-    bf16 = segment_case(sample_case, default_card, default_network, device="cpu", precision="bf16")
+    bf16 = segment_case(sample_case, default_card, device="cpu", precision="bf16")
     changed = np.count_nonzero(bf16 != sample_labels) / sample_labels.size
     assert changed < 0.001, changed
 

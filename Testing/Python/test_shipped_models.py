@@ -14,6 +14,7 @@ from BrainTumorSeg.case import read_image, resolve_inputs
 from BrainTumorSeg.labels import from_convention
 from BrainTumorSeg.metrics import region_dice
 from BrainTumorSeg.models.card import ModelCard
+from BrainTumorSeg.models.ensemble import member_cards
 from BrainTumorSeg.pipeline import segment_case
 from BrainTumorSeg.resources import resources_dir
 
@@ -21,38 +22,52 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((resources_dir() / "Models").glob("*.json"))
 SPLIT = json.loads((ROOT / "training" / "split.json").read_text())
 SLAB = 12  # axial slices through the sample's tumor: enough for every model's context, quick for the slow Havaei CNNs
+THICK_SLAB = 48  # for networks on coronal or sagittal slices, which see the slab's thickness as their slices' height
 
 
 @pytest.fixture(scope="module")
-def tumor_slab(tmp_path_factory, sample_dir: Path) -> tuple[Path, np.ndarray]:
-    """The sample case cut to :data:`SLAB` axial slices centred on its tumor (full in-plane field), and that slab's truth."""
+def tumor_slab(tmp_path_factory, sample_dir: Path):
+    """``tumor_slab(n)``: the sample case cut to ``n`` axial slices centred on its tumor (full in-plane field), and
+    that slab's truth."""
     truth_path = next(sample_dir.glob("*_seg.nii.gz"))
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path)))  # (k, j, i); k is axial in BraTS volumes
     k = np.flatnonzero(truth.any(axis=(1, 2)))
-    start = int((k[0] + k[-1]) // 2 - SLAB // 2)
-    folder = tmp_path_factory.mktemp("slab") / sample_dir.name
-    folder.mkdir()
-    for path in sample_dir.glob("*.nii.gz"):
-        sitk.WriteImage(read_image(path)[:, :, start : start + SLAB], str(folder / path.name))
-    return folder, from_convention(truth[start : start + SLAB], "brats2017")
+    slabs: dict[int, tuple[Path, np.ndarray]] = {}
+
+    def cut(slices: int) -> tuple[Path, np.ndarray]:
+        if slices not in slabs:
+            start = int((k[0] + k[-1]) // 2 - slices // 2)
+            folder = tmp_path_factory.mktemp(f"slab{slices}") / sample_dir.name
+            folder.mkdir()
+            for path in sample_dir.glob("*.nii.gz"):
+                sitk.WriteImage(read_image(path)[:, :, start : start + slices], str(folder / path.name))
+            slabs[slices] = folder, from_convention(truth[start : start + slices], "brats2017")
+        return slabs[slices]
+
+    return cut
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_card_records_a_real_training_run_on_the_fixed_split(path: Path):
+    """A network's card records its training on the split; an ensemble card ships its members (which do)."""
     card = ModelCard.read(path)
-    training, validation = card.training, card.validation
-    assert training["command"].split(" train ")[0].endswith("brain-tumor-seg"), training["command"]
-    assert training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
-    assert training["minutes"] > 0 and training["machine"]
+    validation = card.validation
+    for network in member_cards(card):
+        training = network.training
+        assert network.path is not None and network.path.parent == path.parent  # an ensemble ships its members
+        assert training["command"].split(" train ")[0].endswith("brain-tumor-seg"), training["command"]
+        assert training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
+        assert training["minutes"] > 0 and training["machine"]
+        assert (path.parent / network.weights).is_file()
     assert validation["cases"] == len(SPLIT["validation"]) == len(validation["per_case"])
     assert set(validation["dice"]) == {"WT", "TC", "ET"} and validation["seconds_per_case"] > 0
-    assert (path.parent / card.weights).is_file()
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_model_segments_the_sample_tumor(path: Path, tumor_slab):
-    folder, truth = tumor_slab
     card = ModelCard.read(path)
+    across = any(n.inference.get("axis", "axial") != "axial" for n in member_cards(card) if n.inference["mode"] == "slices")
+    folder, truth = tumor_slab(THICK_SLAB if across else SLAB)
     assert folder.name in SPLIT["validation"]  # the sample was never trained on
     labels = segment_case(resolve_inputs(folder), card, device="cpu", precision="fp32")  # strict weight loading
     dice = region_dice(labels, truth)

@@ -167,7 +167,7 @@ def bundled(monkeypatch) -> dict[str, ModelCard]:
 
 def trained_model(folder: Path, model_id: str = "my-unet", weights: bool = True) -> Path:
     """A card and weights file as ``brain-tumor-seg train`` leaves them (the weights are not read here)."""
-    card = next(iter(available_models().values()))
+    card = next(c for c in available_models().values() if not c.is_ensemble)
     card.id, card.name, card.default, card.weights = model_id, "My U-Net", False, ""
     folder.mkdir(parents=True, exist_ok=True)
     card.write(folder / f"{model_id}.json")
@@ -360,3 +360,15 @@ def test_extensions_index_entry_matches_the_build():
     assert entry["build_dependencies"] == cmake_value("EXTENSION_DEPENDS").split(";")
     assert entry["scm_url"].removesuffix(".git") == cmake_value("EXTENSION_HOMEPAGE")
     assert 1 <= entry["tier"] <= 5
+
+
+def test_an_ensemble_card_is_offered_only_when_its_members_are_found(bundled, tmp_path):
+    folder = trained_model(tmp_path)
+    shipped = next(c.id for c in bundled.values() if not c.is_ensemble)
+    for model_id, members in (("mine-and-shipped", ["my-unet", shipped]), ("half-missing", ["my-unet", "absent"])):
+        card = {"id": model_id, "architecture": "ensemble", "members": members, "name": model_id, "description": "two"}
+        (folder / f"{model_id}.json").write_text(json.dumps(card))
+    offered = offered_models(folder)
+    assert set(offered.cards) == set(bundled) | {"my-unet", "mine-and-shipped"} and offered.folders == [folder]
+    assert len(offered.notes) == 1 and "half-missing" in offered.notes[0] and "'absent' not found" in offered.notes[0]
+    assert f"Ensemble of: my-unet, {shipped}" in model_tooltip(offered.cards["mine-and-shipped"])

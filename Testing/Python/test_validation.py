@@ -12,15 +12,15 @@ from BrainTumorSeg.validation import POSTPROCESS_VARIANTS, main, validate
 
 
 @pytest.fixture(scope="module")
-def one_case_card(tmp_path_factory, default_card, cropped_sample):
-    """The default model with a split whose only validation case is the cropped real sample."""
+def one_case_card(tmp_path_factory, unet_card, cropped_sample):
+    """The default model's first network with a split whose only validation case is the cropped real sample."""
     folder = tmp_path_factory.mktemp("validate-model")
-    raw = default_card.to_json()
+    raw = unet_card.to_json() | {"default": False}
     raw["training"] = dict(raw["training"], split={"train": [], "validation": [cropped_sample.name]})
     raw.pop("postprocess", None)
-    (folder / f"{default_card.id}.json").write_text(json.dumps(raw))
-    shutil.copy(default_card.weights_path, folder / default_card.weights_path.name)
-    return ModelCard.read(folder / f"{default_card.id}.json"), cropped_sample.parent
+    (folder / f"{unet_card.id}.json").write_text(json.dumps(raw))
+    shutil.copy(unet_card.weights_path, folder / unet_card.weights_path.name)
+    return ModelCard.read(folder / f"{unet_card.id}.json"), cropped_sample.parent
 
 
 def test_variants_score_the_same_raw_labels(one_case_card):
@@ -68,6 +68,18 @@ def test_ensemble_of_a_model_with_itself_scores_as_the_model(one_case_card):
     card, data = one_case_card
     single, pair = validate([card], data, precision="fp32"), validate([card, card], data, precision="fp32")
     assert pair["per_case"] == single["per_case"] and pair["dice"]["WT"] > 0.8
+
+
+def test_an_ensemble_card_is_validated_through_its_members_and_stores_its_own_result(one_case_card, capsys):
+    card, data = one_case_card
+    path = card.path.parent / "pair.json"
+    path.write_text(json.dumps({"id": "pair", "architecture": "ensemble", "members": [card.id, card.id]}))
+    arguments = ["--model", "pair", "--models-dir", str(card.path.parent), "--data", str(data), "--precision", "fp32"]
+    assert main([*arguments, "--write"]) == 0
+    stored = ModelCard.read(path)
+    assert stored.is_ensemble and stored.validation["cases"] == 1
+    assert stored.validation["per_case"] == validate([card], data, precision="fp32")["per_case"]
+    assert "mean" in capsys.readouterr().out
 
 
 def test_ensemble_members_must_share_a_validation_split(one_case_card, tmp_path, capsys):

@@ -1,0 +1,103 @@
+"""Ensemble cards (models/ensemble.py): one model id that runs several networks and averages them.
+
+A shipped one, run by its id, must give exactly what its members give when named together
+(``--model a,b``) with the ensemble card's own clean-up, and record its own id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from BrainTumorSeg.cli import main
+from BrainTumorSeg.errors import InputError
+from BrainTumorSeg.models.card import MODELS_ENV, ModelCard, available_models
+from BrainTumorSeg.models.ensemble import member_cards
+from BrainTumorSeg.postprocess import PostprocessOptions
+
+PREFIX = "brain-tumor-seg: error: "
+
+
+@pytest.fixture(autouse=True)
+def _no_model_env(monkeypatch):
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+
+
+def shipped_ensemble() -> ModelCard:
+    """The shipped ensemble card with the fewest members."""
+    return min((c for c in available_models().values() if c.is_ensemble), key=lambda c: len(c.members))
+
+
+def clean_up_flags(card: ModelCard) -> list[str]:
+    """CLI flags that turn on exactly ``card``'s clean-up, starting from none."""
+    flags = ["--postprocess", "none"]
+    for name, value in PostprocessOptions.from_dict(card.postprocess).to_dict().items():
+        if value is True:
+            flags.append(f"--{name.replace('_', '-')}")
+        elif value not in (False, None, 0, 0.0):
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def segment(folder: Path, out: Path, *flags: str) -> tuple[np.ndarray, dict]:
+    assert main(["segment", "--input", str(folder), "--out", str(out), "--precision", "fp32", *flags]) == 0
+    labels = np.asarray(nib.load(out / f"{folder.name}_seg.nii.gz").dataobj)
+    return labels, json.loads((out / f"{folder.name}_volumes.json").read_text())
+
+
+def test_an_ensemble_card_equals_its_members_named_together_with_its_clean_up(cropped_sample, tmp_path, capsys):
+    card = shipped_ensemble()
+    assert card.postprocess  # its own clean-up, chosen by `validate --choose-postprocess`
+    members = [m.id for m in member_cards(card)]
+    labels, info = segment(cropped_sample, tmp_path / "ensemble", "--model", card.id)
+    named, named_info = segment(cropped_sample, tmp_path / "named", "--model", ",".join(members), *clean_up_flags(card))
+    np.testing.assert_array_equal(labels, named)
+    assert info["model"] == card.id and named_info["model"] == "+".join(members)
+    assert info["models"] == named_info["models"] == members
+    assert info["postprocess"] == named_info["postprocess"]
+    first, _ = segment(cropped_sample, tmp_path / "first", "--model", members[0], *clean_up_flags(card))
+    assert np.count_nonzero(first != labels) > 100  # the other members change the result: they really run
+    assert f"with model {card.id} in" in capsys.readouterr().out
+
+
+def write_card(folder: Path, card: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{card['id']}.json"
+    path.write_text(json.dumps(card))
+    return path
+
+
+@pytest.mark.parametrize(
+    "members, problem",
+    [
+        (["unet2d-axial", "absent"], "ensemble member 'absent' not found; available: "),
+        (["unet2d-axial", "inner"], "ensemble member 'inner' is itself an ensemble"),
+        ([], 'an ensemble card needs "members": a list of model ids'),
+    ],
+)
+def test_a_bad_ensemble_card_is_one_line_naming_the_card(tmp_path, capsys, members, problem):
+    folder = tmp_path / "models"
+    write_card(folder, {"id": "inner", "architecture": "ensemble", "members": ["unet2d-axial"]})
+    path = write_card(folder, {"id": "outer", "architecture": "ensemble", "members": members})
+    out = tmp_path / "out"
+    code = main(["segment", "--sample", "--models-dir", str(folder), "--model", "outer", "--out", str(out)])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert error.startswith(f"{PREFIX}{path}: {problem}") and "\n" not in error, error
+
+
+def test_a_network_card_without_its_network_fields_is_not_a_card(tmp_path):
+    path = write_card(tmp_path, {"id": "half", "architecture": "unet2d", "config": {}, "inputs": {}})
+    with pytest.raises(InputError, match="not a valid model card \\(missing 'outputs', 'inference'\\)"):
+        ModelCard.read(path)
+
+
+def test_an_ensemble_card_has_no_network_of_its_own():
+    card = shipped_ensemble()
+    with pytest.raises(ValueError, match=f"model {card.id} is an ensemble of"):
+        card.build()
+    assert "config" not in card.to_json() and card.to_json()["members"] == card.members
