@@ -59,6 +59,7 @@ def test_card_records_a_real_training_run_on_the_fixed_split(path: Path):
         assert training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
         assert training["minutes"] > 0 and training["machine"]
         assert (path.parent / network.weights).is_file()
+    assert card.training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
     assert validation["cases"] == len(SPLIT["validation"]) == len(validation["per_case"])
     assert set(validation["dice"]) == {"WT", "TC", "ET"} and validation["seconds_per_case"] > 0
 
