@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((resources_dir() / "Models").glob("*.json"))
 SPLIT = json.loads((ROOT / "training" / "split.json").read_text())
 SLAB = 12  # axial slices through the sample's tumor: enough for every model's context, quick for the slow Havaei CNNs
-THICK_SLAB = 48  # for networks on coronal or sagittal slices, which see the slab's thickness as their slices' height
+THICK_SLAB = 48  # for networks that see the slab's thickness: on coronal or sagittal slices (their height), or 3D
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,18 @@ def test_card_records_a_real_training_run_on_the_fixed_split(path: Path):
     assert set(validation["dice"]) == {"WT", "TC", "ET"} and validation["seconds_per_case"] > 0
 
 
+def sees_slab_thickness(inference: dict) -> bool:
+    """A 3D network (its blocks span the slab) or a 2D one on coronal or sagittal slices."""
+    if inference.get("spatial_dims") == 3:
+        return True
+    return inference["mode"] == "slices" and inference.get("axis", "axial") != "axial"
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_model_segments_the_sample_tumor(path: Path, tumor_slab):
     card = ModelCard.read(path)
-    across = any(n.inference.get("axis", "axial") != "axial" for n in member_cards(card) if n.inference["mode"] == "slices")
-    folder, truth = tumor_slab(THICK_SLAB if across else SLAB)
+    thick = any(sees_slab_thickness(network.inference) for network in member_cards(card))
+    folder, truth = tumor_slab(THICK_SLAB if thick else SLAB)
     assert folder.name in SPLIT["validation"]  # the sample was never trained on
     labels = segment_case(resolve_inputs(folder), card, device="cpu", precision="fp32")  # strict weight loading
     dice = region_dice(labels, truth)

@@ -13,6 +13,7 @@ from train_support import ROOT, needs_brats, tiny_data
 
 from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot
 from BrainTumorSeg.cli import main
+from BrainTumorSeg.device import autocast_dtype
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
 from BrainTumorSeg.resources import resources_dir
@@ -52,7 +53,8 @@ def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tm
     assert training["architecture"] == "unet2d" and training["sampler"] == "slices"
     assert training["loss"] == "ce" and "cross-entropy" in training["loss_description"]
     assert training["steps"] == 3 and training["batch"] == 2 and training["crop"] == [64, 64]
-    assert training["minutes"] >= 0 and training["machine"] and training["precision"] == "fp32"
+    native = autocast_dtype(torch.device("cpu"))  # --precision auto: bf16 on CPUs with native bf16, else fp32
+    assert training["minutes"] >= 0 and training["machine"] and training["precision"] == ("bfloat16" if native else "fp32")
     assert training["started"] <= training["finished"]
     assert [h["step"] for h in training["history"]] == [3]
     assert set(card.validation["dice"]) == {"WT", "TC", "ET"}
