@@ -64,13 +64,22 @@ def average(outputs: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
         return outputs[0]
     kinds = {(o["type"], tuple(o.get("labels", ()))) for _, o in outputs}
     if len(kinds) == 1 and outputs[0][1]["type"] == "classes":
-        return np.mean([p for p, _ in outputs], axis=0), outputs[0][1]
+        return _mean([p for p, _ in outputs]), outputs[0][1]
     if len(kinds) == 1 and len({tuple(o["channels"]) for _, o in outputs}) == 1:
         thresholds = {float(o.get("threshold", 0.5)) for _, o in outputs}
         description = dict(outputs[0][1]) | {"threshold": thresholds.pop() if len(thresholds) == 1 else 0.5}
-        return np.mean([p for p, _ in outputs], axis=0), description
-    regions = np.mean([as_regions(p, o) for p, o in outputs], axis=0)
+        return _mean([p for p, _ in outputs]), description
+    regions = _mean([as_regions(p, o) for p, o in outputs])
     return regions, {"type": "regions", "channels": list(REGION_CHANNELS), "threshold": 0.5}
+
+
+def _mean(arrays: list[np.ndarray]) -> np.ndarray:
+    """Element-wise float32 mean, summed in place (``np.mean`` over a list first stacks a copy of all of them)."""
+    total = arrays[0].astype(np.float32, copy=True)
+    for array in arrays[1:]:
+        total += array
+    total /= len(arrays)
+    return total
 
 
 def normalized_entropy(classes: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ pre-activation blocks (``BatchNorm -> ReLU -> Conv``, as in FC-DenseNet) are lef
 from __future__ import annotations
 
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
 
@@ -25,7 +25,10 @@ def fold_batch_norms(network: nn.Module) -> int:
         for first, second in zip(names, names[1:], strict=False):
             conv, norm = sequence._modules[first], sequence._modules[second]
             if any(type(conv) is c and type(norm) is b for c, b in _PAIRS) and norm.track_running_stats:
-                setattr(sequence, first, fuse_conv_bn_eval(conv, norm))
+                # The convolution itself takes the folded weights (torch's fuse_conv_bn_eval deep-copies it first).
+                conv.weight, conv.bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+                )
                 setattr(sequence, second, nn.Identity())
                 folded += 1
     return folded
