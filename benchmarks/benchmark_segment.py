@@ -11,6 +11,8 @@ Prints, each figure from this invocation on this machine:
   ``batch`` run over copies of the case (the model loaded once),
   and the network forward alone, and their ratio (what the pipeline around the network costs);
   targets (issue 4): whole run <= 10 s, ratio <= 1.3;
+- the start-up alone (a new interpreter importing what ``segment`` imports, nothing run) and the whole run
+  less it, as a ratio to the forward: how much of the whole-run ratio is interpreter and imports;
 - peak memory (RSS) of a CLI run; target <= 3 GB;
 - TwoPathCNN (Havaei 2017) dense evaluation of a 96x96 slice region vs classifying every pixel's 33x33
   patch one by one in batches (the way the seed Keras implementation works): ratio (target >= 100)
@@ -61,6 +63,16 @@ def time_cli(model: str | None, out: Path) -> tuple[float, float]:
     seconds = time.perf_counter() - started
     peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # max over children so far
     return seconds, peak / 1024**2
+
+
+STARTUP_IMPORTS = "import BrainTumorSeg.cli, BrainTumorSeg.pipeline, BrainTumorSeg.models.registry"
+
+
+def time_startup() -> float:
+    """Seconds of a new interpreter that only imports what a ``segment`` run imports (CLI, pipeline, networks)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", STARTUP_IMPORTS], check=True)
+    return time.perf_counter() - started
 
 
 def time_in_process(model: str | None, out: Path) -> float:
@@ -170,6 +182,11 @@ def main() -> None:
         names = [card.id for card in member_cards(card)]
         print(f"  of which, per network (median):    {', '.join(f'{n} {t:.2f} s' for n, t in zip(names, medians, strict=True))}")
     print(f"whole run / forward:                 {whole / net:7.2f}   (target <= 1.3; whole run target <= 10 s)")
+    startup = statistics.median(time_startup() for _ in range(args.repeats))
+    print(
+        f"start-up alone (interpreter + imports): {startup:5.2f} s; (whole run - start-up) / forward: "
+        f"{(whole - startup) / net:.2f}"
+    )
     print(f"in a warm process (median):          {warm:7.2f} s   runs: {', '.join(f'{t:.2f}' for t in in_process)}")
     print(
         f"warm-process run / forward:          {warm / net:7.2f}   (target <= 1.3: reading the files to writing the outputs, "
