@@ -247,7 +247,21 @@ def start_from(network: nn.Module, path: Path, model_id: str) -> dict[str, Any]:
     if beside.is_file() and is_model_card(beside):
         earlier = ModelCard.read(beside)
         record.update(model=earlier.id, minutes=earlier.training.get("minutes"), dice=earlier.validation.get("dice"))
+        if "seed" in earlier.training:
+            record["seed"] = earlier.training["seed"]
     return record
+
+
+def warn_if_replaying(init: dict[str, Any], seed: int) -> None:
+    """Samples are drawn from ``seed + step``, so a continuation with its starting run's seed sees that run's
+    batches again, in the same order and with the same augmentation: warn, so the user can give ``--seed``."""
+    if init.get("seed") == seed:
+        log.warning(
+            "--init %s: its run used seed %d too, so this run draws the same samples in the same order; "
+            "give --seed N for new ones",
+            init["weights"],
+            seed,
+        )
 
 
 def keep_logged_steps(losses_log: Path, last: int) -> None:
@@ -386,6 +400,8 @@ def train(
     started = time.time()
     network = card.build()  # weights first: a wrong file fails before minutes of case loading
     init = start_from(network, args.init, card.id) if args.init else {}
+    if main_rank:
+        warn_if_replaying(init, recipe.seed)
     first_cnn: dict[str, str] = {}  # loaded after --init: a cascade's recorded first CNN is the one it trains with
     if card.architecture in CASCADES and card.config.get("freeze_first"):
         if args.first_cnn is None:

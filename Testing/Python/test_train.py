@@ -82,20 +82,26 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
 
 
 @needs_brats
-def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys):
+def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys, caplog):
     common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', "--quiet"]
     common += ["--batch", "2", "--crop", "48", "48", "--steps", "2"]
     first = tmp_path / "first"
     assert main([*common, *data.args(first)]) == 0
     weights = first / "unet2d-axial.safetensors"
     second = tmp_path / "second"
+    caplog.clear()
     assert main([*common, *data.args(second), "--init", str(weights), "--lr", "0"]) == 0  # no step moves a weight
+    replay = "--init unet2d-axial.safetensors: its run used seed 0 too, so this run draws the same samples in the same order"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [replay + "; give --seed N for new ones"]
     before, after = load_file(str(weights)), load_file(str(second / "unet2d-axial.safetensors"))
     parameters = [k for k in before if "running_" not in k and "num_batches" not in k]  # not batch statistics
     assert len(parameters) > 10 and all(torch.equal(before[k], after[k]) for k in parameters)
     init = ModelCard.read(second / "unet2d-axial.json").training["init"]
     assert init["weights"] == weights.name and init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert init["model"] == "unet2d-axial" and init["dice"] == ModelCard.read(first / "unet2d-axial.json").validation["dice"]
+    caplog.clear()
+    assert main([*common, *data.args(tmp_path / "new-seed"), "--init", str(weights), "--seed", "1"]) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
     capsys.readouterr()
     default = resources_dir() / "Models" / "unet2d-axial.safetensors"  # the shipped U-Net: other feature widths
     assert main([*common, *data.args(tmp_path / "third"), "--init", str(default)]) == 2
