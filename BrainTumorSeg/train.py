@@ -490,6 +490,11 @@ def train(
                 context.barrier()
             elif step % args.checkpoint_every == 0:
                 save(step, phase_index)
+            if main_rank and step == phase.end and phase is not phases[-1]:
+                # the checkpoint moves on; these weights let a later phase be redone (--init ... --steps 0)
+                phase_end = args.out / f"{card.id}-{phase.name.replace(' ', '')}.safetensors"
+                save_weights(network, phase_end, dtype=torch.float32)
+                log.info("wrote %s (the weights at the end of %s)", phase_end, phase.name)
 
     rank_weights = os.environ.get(RANK_WEIGHTS_ENV)
     if rank_weights:

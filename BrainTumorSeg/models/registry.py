@@ -63,6 +63,7 @@ def mismatch(error: RuntimeError) -> str:
 def save_weights(network: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
     """Write a network's state as safetensors, floating-point tensors cast to ``dtype``."""
     state = {
-        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous() for k, v in network.state_dict().items()
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in network.state_dict().items()
     }
     save_file(state, str(path))

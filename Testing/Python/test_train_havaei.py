@@ -59,6 +59,19 @@ def test_two_phases_then_a_cascade_on_the_fixed_first_cnn(data, tmp_path):
     card = ModelCard.read(cascade_out / "inputcascadecnn-axial.json")
     assert card.training["first_cnn"]["weights"] == phase1.name and len(card.training["first_cnn"]["sha256"]) == 64
 
+    # the weights at the end of phase 1 stay beside the checkpoint, so phase 2 can be redone on them alone
+    after_phase1 = cascade_out / "inputcascadecnn-axial-phase1.safetensors"
+    changed = {k for k, v in fp16(after_phase1).items() if not torch.equal(v, trained[k])}
+    assert changed and changed <= {"second.output.weight", "second.output.bias"}, changed
+    redo_out = tmp_path / "phase2-again"
+    redo = [*cascade[:5], *data.args(redo_out), "--quiet", "--batch", "8", "--first-cnn", str(phase1)]
+    assert main([*redo, "--init", str(after_phase1), "--steps", "0", "--phase2-steps", "1", "--seed", "1"]) == 0
+    again = fp16(redo_out / "inputcascadecnn-axial.safetensors")
+    changed_again = {k for k, v in fp16(after_phase1).items() if not torch.equal(v, again[k])}
+    assert changed_again and changed_again <= changed, changed_again
+    assert [p["steps"] for p in ModelCard.read(redo_out / "inputcascadecnn-axial.json").training["phases"]] == [0, 1]
+    assert not (redo_out / "inputcascadecnn-axial-phase1.safetensors").exists()  # phase 1 did not run
+
 
 @needs_brats
 def test_keras_variant_trains_densely_with_batch_norm_and_per_slice_weights(data, tmp_path):
