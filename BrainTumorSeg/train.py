@@ -475,6 +475,12 @@ def train(
                 with losses_log.open("a") as f:
                     f.write(json.dumps({"step": step, "phase": phase.name, "loss": round(value, 6), "lr": lr}) + "\n")
             progress.update(step, running, lr, phase.name if len(phases) > 1 else "")
+            if main_rank and step == phase.end and phase is not phases[-1]:
+                # written before any checkpoint past this phase (a resumed run skips the phase); they let a later
+                # phase be redone alone (--init ... --steps 0) after the checkpoint has moved on
+                phase_end = args.out / f"{card.id}-{phase.name.replace(' ', '')}.safetensors"
+                save_weights(network, phase_end, dtype=torch.float32)
+                log.info("wrote %s (the weights at the end of %s)", phase_end, phase.name)
             at_end = step == total  # the end of the last phase; earlier phases only on the validate_every grid
             if step % recipe.validate_every == 0 or at_end:
                 context.sync_buffers(network)
@@ -490,11 +496,6 @@ def train(
                 context.barrier()
             elif step % args.checkpoint_every == 0:
                 save(step, phase_index)
-            if main_rank and step == phase.end and phase is not phases[-1]:
-                # the checkpoint moves on; these weights let a later phase be redone (--init ... --steps 0)
-                phase_end = args.out / f"{card.id}-{phase.name.replace(' ', '')}.safetensors"
-                save_weights(network, phase_end, dtype=torch.float32)
-                log.info("wrote %s (the weights at the end of %s)", phase_end, phase.name)
 
     rank_weights = os.environ.get(RANK_WEIGHTS_ENV)
     if rank_weights:
