@@ -37,6 +37,7 @@ from .augmentation import augment, from_one_hot, one_hot
 from .case import MODALITIES
 from .device import autocast, autocast_dtype, resolve_device
 from .errors import InputError
+from .fp16_check import DEFERRED, TOLERANCE
 from .havaei_training import (
     PatchClassification,
     ValidSlices,
@@ -139,6 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--seed", type=int)
     recipe.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (also written at validation)")
+    p.add_argument(
+        "--defer-fp16-check",
+        action="store_true",
+        help="write fp16 weights (and <id>-fp32.safetensors) without a second validation pass; "
+        "`brain-tumor-seg validate --choose-postprocess --write` then checks them against the fp32 Dice",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--convention", default="brats2017", help="label convention of the ground-truth files")
@@ -422,6 +429,7 @@ def train(
 
     checkpoint = args.out / "checkpoint.pt"
     step, resumed_phase, history, elapsed, state = 0, 0, [], 0.0, None
+    final_evaluation: dict | None = None  # the validation at the last step, for a deferred fp16 check
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
         network.load_state_dict(state["network"])
@@ -487,6 +495,7 @@ def train(
                 if main_rank:
                     network.eval()
                     result = evaluate(network, card, val_cases, device, dtype)
+                    final_evaluation = result if at_end else None
                     minutes = round(elapsed + (time.time() - started) / 60, 1)
                     history.append(
                         {"step": step, "phase": phase.name, "loss": round(running, 4), "minutes": minutes, **result["dice"]}
@@ -505,7 +514,22 @@ def train(
     minutes = elapsed + (time.time() - started) / 60
     extra = {"first_cnn": first_cnn} if first_cnn else {}
     extra.update({"init": init} if init else {})
-    write_card(args, card, recipe, network, phases, val_cases, history, extra, argv, minutes, started_at, context, dtype)
+    write_card(
+        args,
+        card,
+        recipe,
+        network,
+        phases,
+        val_cases,
+        history,
+        extra,
+        argv,
+        minutes,
+        started_at,
+        context,
+        dtype,
+        final_evaluation,
+    )
     return 0
 
 
@@ -523,18 +547,27 @@ def write_card(
     started_at: datetime,
     context: distributed.Distributed,
     dtype: torch.dtype | None,
+    final_evaluation: dict | None = None,
 ) -> None:
-    """Write ``<id>.safetensors`` (fp16 unless that moves a validation Dice by more than 0.005) and the completed card."""
+    """Write ``<id>.safetensors`` (fp16 unless that moves a validation Dice by more than 0.005) and the completed card.
+
+    With ``--defer-fp16-check`` and the last step's validation at hand (``final_evaluation``), the fp16 weights are
+    not evaluated here: the card says so (:mod:`fp16_check`) and the fp32 weights are kept beside them."""
     network = network.cpu().eval()
     weights = args.out / f"{card.id}.safetensors"
     card.path = args.out / f"{card.id}.json"
     card.weights = weights.name
     save_weights(network, weights, dtype=torch.float16)
     cpu = torch.device("cpu")
-    final = evaluate(card.load(), card, val_cases, cpu, autocast_dtype(cpu, args.precision))
+    deferred = args.defer_fp16_check and final_evaluation is not None
+    if deferred:
+        save_weights(network, args.out / f"{card.id}-fp32.safetensors", dtype=torch.float32)
+        final = final_evaluation
+    else:
+        final = evaluate(card.load(), card, val_cases, cpu, autocast_dtype(cpu, args.precision))
     weights_dtype = "float16"
     fp32 = {k: history[-1][k] for k in ("WT", "TC", "ET")} if history else final["dice"]
-    if any(abs(final["dice"][k] - fp32[k]) > 0.005 for k in fp32):
+    if not deferred and any(abs(final["dice"][k] - fp32[k]) > TOLERANCE for k in fp32):
         save_weights(network, weights, dtype=torch.float32)
         final = evaluate(card.load(), card, val_cases, cpu, autocast_dtype(cpu, args.precision))
         weights_dtype = "float32"
@@ -571,6 +604,7 @@ def write_card(
         "reading (`brain-tumor-seg validate --write` replaces it with read + segment + clean-up)",
         "weights_dtype": weights_dtype,
         "dice_fp32": fp32,
+        **({"fp16_check": DEFERRED} if deferred else {}),
         **final,
     }
     card.write(card.path)

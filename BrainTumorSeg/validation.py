@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .case import read_truth, resolve_inputs, truth_file
+from .device import autocast_dtype
 from .errors import InputError
+from .fp16_check import is_deferred, resolve
 from .metrics import mean_region_dice, region_dice
 from .models.card import ModelCard, get_model
 from .models.ensemble import expand
@@ -120,6 +123,19 @@ METHOD = (
 )
 
 
+def require_fp16_check_setup(card: ModelCard, compare: bool, precision: str) -> None:
+    """Refuse, before any case runs, a ``--write`` that cannot settle the card's deferred fp16 check."""
+    if not compare:
+        problem = "its fp16 check is deferred to this command: add --choose-postprocess or --compare-postprocess"
+        raise InputError(card.path, problem)
+    trained = card.training.get("precision", "fp32")
+    dtype = autocast_dtype(torch.device("cpu"), precision)
+    here = str(dtype).replace("torch.", "") if dtype else "fp32"
+    if here != trained:
+        problem = f"its fp16 check compares with Dice measured in {trained}: validate in that precision, not {here}"
+        raise InputError(card.path, problem)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brain-tumor-seg validate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model id, or comma-separated ids for an ensemble (default: the default model)")
@@ -146,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     compare = args.compare_postprocess or args.choose_postprocess
     try:
         cards = [get_model(model_id, args.models_dir) for model_id in ids]
+        check_fp16 = args.write and is_deferred(cards[0].validation)
+        if check_fp16:
+            require_fp16_check_setup(cards[0], compare, args.precision)
         variants = POSTPROCESS_VARIANTS if compare else None
         result = validate(cards, args.data, args.tta, args.precision, variants=variants, extra_dirs=args.models_dir)
     except InputError as error:
@@ -158,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seconds per case (read + segment): {result['seconds_per_case']}")
     for name, scores in result.get("postprocess", {}).items():
         print(f"{'clean-up: ' + name:<32} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    if check_fp16:
+        try:
+            settled = resolve(card.validation, card.weights_path, result["postprocess"]["none"])
+        except InputError as error:
+            print(f"brain-tumor-seg validate: error: {error}", file=sys.stderr)
+            return 1
     flips = args.tta or card.inference.get("flips", "none")
     if args.choose_postprocess:
         name = best_variant(result["postprocess"])
@@ -168,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.choose_postprocess:
             card.validation.update({k: v for k, v in result.items() if k != "postprocess_per_case"})
         card.validation["flips"] = flips
+        if check_fp16:
+            card.validation.update(settled)
+            print(f"fp16 check: {settled['fp16_check']}")
         card.write(card.path)
         print(f"wrote {card.path}")
     return 0

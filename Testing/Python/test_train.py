@@ -14,11 +14,13 @@ from train_support import ROOT, needs_brats, tiny_data
 from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.device import autocast_dtype
+from BrainTumorSeg.fp16_check import DEFERRED
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
 from BrainTumorSeg.resources import resources_dir
 from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
 from BrainTumorSeg.training_progress import TrainingProgress
+from BrainTumorSeg.validation import main as validate_main
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,25 @@ def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys,
     expected = f"brain-tumor-seg train: error: {default}: weights do not match the card's architecture (Unexpected key(s)"
     assert error.startswith(expected)
     assert len(error.splitlines()) == 1 and not (tmp_path / "third").exists()
+
+
+@needs_brats
+def test_a_deferred_fp16_check_skips_the_second_pass_and_validate_settles_it(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    assert main([*args, "--batch", "2", "--crop", "48", "48", "--steps", "2", "--defer-fp16-check"]) == 0
+    card = ModelCard.read(out / "unet2d-axial.json")
+    assert card.validation["fp16_check"] == DEFERRED and card.validation["weights_dtype"] == "float16"
+    last = {k: card.training["history"][-1][k] for k in ("WT", "TC", "ET")}
+    assert card.validation["dice"] == card.validation["dice_fp32"] == last  # the last step's pass, not a new one
+    fp16, fp32 = load_file(str(card.weights_path)), load_file(str(out / "unet2d-axial-fp32.safetensors"))
+    assert {t.dtype for t in fp32.values() if t.is_floating_point()} == {torch.float32}
+    assert all(torch.equal(fp16[k], fp32[k].to(fp16[k].dtype)) for k in fp16)
+    precision = "bf16" if card.training["precision"] == "bfloat16" else "fp32"
+    arguments = ["--model", card.id, "--models-dir", str(out), "--data", str(data.data), "--precision", precision]
+    capsys.readouterr()
+    assert validate_main([*arguments, "--choose-postprocess", "--write"]) == 0  # files + fp16 weights == cache + fp32
+    assert ModelCard.read(card.path).validation["fp16_check"].startswith("passed in `brain-tumor-seg validate`")
 
 
 @needs_brats

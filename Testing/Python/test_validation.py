@@ -6,7 +6,11 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
+from BrainTumorSeg.device import autocast_dtype
+from BrainTumorSeg.fp16_check import DEFERRED
 from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.validation import POSTPROCESS_VARIANTS, main, validate
 
@@ -96,3 +100,79 @@ def test_ensemble_members_must_share_a_validation_split(one_case_card, tmp_path,
     with pytest.raises(SystemExit):
         main(["--model", f"{card.id},other", *folders, "--data", str(data), "--write"])
     assert "give one --model" in capsys.readouterr().err
+
+
+@pytest.fixture
+def deferred_card(one_case_card, tmp_path):
+    """A copy of the one-case card as `train --defer-fp16-check` leaves it (fp16 weights, fp32 training), and the
+    Dice before clean-up that the check will measure."""
+    card, data = one_case_card
+    measured = validate([card], data, precision="fp32", variants={"none": POSTPROCESS_VARIANTS["none"]})
+    raw = card.to_json()
+    raw["training"] = dict(raw["training"], precision="fp32")
+    raw["validation"] = dict(raw["validation"], fp16_check=DEFERRED, dice_fp32=measured["postprocess"]["none"])
+    (tmp_path / card.path.name).write_text(json.dumps(raw))
+    shutil.copy(card.weights_path, tmp_path / card.weights_path.name)
+    arguments = ["--model", card.id, "--models-dir", str(tmp_path), "--data", str(data)]
+    return tmp_path / card.path.name, arguments, measured["postprocess"]["none"]
+
+
+def test_a_deferred_fp16_check_is_settled_by_the_choosing_pass(deferred_card, capsys):
+    path, arguments, _ = deferred_card
+    assert main([*arguments, "--precision", "fp32", "--choose-postprocess", "--write"]) == 0
+    stored = ModelCard.read(path).validation
+    assert stored["weights_dtype"] == "float16"
+    assert stored["fp16_check"].startswith("passed in `brain-tumor-seg validate`")
+    assert "largest difference 0.0000" in stored["fp16_check"]  # the same weights, precision and case
+    assert "fp16 check: passed" in capsys.readouterr().out
+
+
+def test_a_failed_fp16_check_exits_1_and_leaves_the_card(deferred_card, capsys):
+    path, arguments, measured = deferred_card
+    raw = json.loads(path.read_text())
+    raw["validation"]["dice_fp32"] = {**measured, "ET": measured["ET"] + 0.0125}
+    path.write_text(json.dumps(raw))
+    before = path.read_bytes()
+    assert main([*arguments, "--precision", "fp32", "--choose-postprocess", "--write"]) == 1
+    weights = path.with_name(raw["weights"])
+    error = capsys.readouterr().err
+    assert error.startswith(
+        f"brain-tumor-seg validate: error: {weights}: fp16 weights move a Dice before clean-up by 0.0125 (> 0.005)"
+    )
+    assert error.endswith("copy the run's <id>-fp32.safetensors over this file and validate again\n")
+    assert path.read_bytes() == before
+
+
+def test_fp32_weights_need_no_fp16_check(deferred_card):
+    path, arguments, _ = deferred_card
+    raw = json.loads(path.read_text())
+    weights = path.with_name(raw["weights"])
+    save_file({k: v.float() for k, v in load_file(weights).items()}, weights)
+    raw["validation"]["dice_fp32"] = {"WT": 0.0, "TC": 0.0, "ET": 0.0}  # not compared: nothing was rounded
+    path.write_text(json.dumps(raw))
+    assert main([*arguments, "--precision", "fp32", "--choose-postprocess", "--write"]) == 0
+    stored = ModelCard.read(path).validation
+    assert stored["weights_dtype"] == "float32" and stored["fp16_check"] == "none needed: the weights are fp32"
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (
+            ["--precision", "fp32"],
+            "its fp16 check is deferred to this command: add --choose-postprocess or --compare-postprocess",
+        ),
+        (["--precision", "auto", "--choose-postprocess"], None),
+    ],
+)
+def test_a_deferred_fp16_check_refuses_a_pass_that_cannot_settle_it(deferred_card, capsys, options, problem):
+    path, arguments, _ = deferred_card
+    before = path.read_bytes()
+    native = autocast_dtype(torch.device("cpu"), "auto")
+    if problem is None:
+        if native is None:
+            pytest.skip("auto is fp32 on this CPU: the card's training precision")
+        problem = "its fp16 check compares with Dice measured in fp32: validate in that precision, not bfloat16"
+    assert main([*arguments, *options, "--write"]) == 2
+    assert capsys.readouterr().err == f"brain-tumor-seg validate: error: {path}: {problem}\n"
+    assert path.read_bytes() == before
