@@ -17,9 +17,10 @@ from .errors import InputError
 
 TOLERANCE = 0.005
 DEFERRED = (
-    "deferred: `brain-tumor-seg validate --choose-postprocess --write` compares these fp16 weights' Dice before "
-    f"clean-up with dice_fp32 and refuses to write if any differs by more than {TOLERANCE}; the fp32 weights are "
-    "<id>-fp32.safetensors in the training output folder"
+    "deferred: `brain-tumor-seg validate --choose-postprocess --write` (the training precision, no mirroring) "
+    "compares these fp16 weights' Dice before clean-up, read from the case files, with dice_fp32 (the fp32 weights on "
+    f"the training cache) and refuses to write if any differs by more than {TOLERANCE}; until then `dice` is the fp32 "
+    "weights' Dice, and the fp32 weights are <id>-fp32.safetensors in the training output folder"
 )
 
 
@@ -35,11 +36,12 @@ def weights_dtype(path: Path) -> str:
     return "float32" if "F32" in dtypes else "float16"
 
 
+NOT_NEEDED = {"weights_dtype": "float32", "fp16_check": "none needed: the weights are fp32"}
+
+
 def resolve(validation: dict, weights: Path, dice_before_clean_up: dict[str, float]) -> dict[str, str]:
     """The validation fields that settle a deferred check, or an InputError naming the weights when fp16 moved a Dice
     by more than ``TOLERANCE`` (the card is then left as it is; the fp32 weights can replace the fp16 file)."""
-    if weights_dtype(weights) == "float32":
-        return {"weights_dtype": "float32", "fp16_check": "none needed: the weights are fp32"}
     reference = validation["dice_fp32"]
     worst = max(abs(dice_before_clean_up[k] - reference[k]) for k in reference)
     measured = ", ".join(f"{k} {dice_before_clean_up[k]:.4f} vs {reference[k]:.4f}" for k in reference)
@@ -47,7 +49,7 @@ def resolve(validation: dict, weights: Path, dice_before_clean_up: dict[str, flo
         raise InputError(
             weights,
             f"fp16 weights move a Dice before clean-up by {worst:.4f} (> {TOLERANCE}) from dice_fp32 ({measured}); "
-            "copy the run's <id>-fp32.safetensors over this file and validate again",
+            f"copy the run's {weights.stem}-fp32.safetensors over this file and validate again",
         )
     return {
         "weights_dtype": "float16",

@@ -429,7 +429,10 @@ def train(
 
     checkpoint = args.out / "checkpoint.pt"
     step, resumed_phase, history, elapsed, state = 0, 0, [], 0.0, None
-    final_evaluation: dict | None = None  # the validation at the last step, for a deferred fp16 check
+    # the validation at the last step, for a deferred fp16 check: only a CPU pass in fp32 or bf16 is one that
+    # `validate` (CPU, --precision fp32|bf16) can repeat with the fp16 weights
+    deferrable = device.type == "cpu" and dtype in (None, torch.bfloat16)
+    final_evaluation: dict | None = None
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
         network.load_state_dict(state["network"])
@@ -495,7 +498,7 @@ def train(
                 if main_rank:
                     network.eval()
                     result = evaluate(network, card, val_cases, device, dtype)
-                    final_evaluation = result if at_end else None
+                    final_evaluation = result if at_end and deferrable else None
                     minutes = round(elapsed + (time.time() - started) / 60, 1)
                     history.append(
                         {"step": step, "phase": phase.name, "loss": round(running, 4), "minutes": minutes, **result["dice"]}
@@ -560,6 +563,8 @@ def write_card(
     save_weights(network, weights, dtype=torch.float16)
     cpu = torch.device("cpu")
     deferred = args.defer_fp16_check and final_evaluation is not None
+    if args.defer_fp16_check and not deferred:
+        log.info("--defer-fp16-check: no last-step validation on the CPU in fp32 or bf16 to defer to; checking fp16 here")
     if deferred:
         save_weights(network, args.out / f"{card.id}-fp32.safetensors", dtype=torch.float32)
         final = final_evaluation

@@ -22,7 +22,7 @@ import torch
 from .case import read_truth, resolve_inputs, truth_file
 from .device import autocast_dtype
 from .errors import InputError
-from .fp16_check import is_deferred, resolve
+from .fp16_check import NOT_NEEDED, is_deferred, resolve, weights_dtype
 from .metrics import mean_region_dice, region_dice
 from .models.card import ModelCard, get_model
 from .models.ensemble import expand
@@ -123,8 +123,9 @@ METHOD = (
 )
 
 
-def require_fp16_check_setup(card: ModelCard, compare: bool, precision: str) -> None:
-    """Refuse, before any case runs, a ``--write`` that cannot settle the card's deferred fp16 check."""
+def require_fp16_check_setup(card: ModelCard, compare: bool, precision: str, tta: str | None) -> None:
+    """Refuse, before any case runs, a ``--write`` that cannot settle the card's deferred fp16 check: the Dice before
+    clean-up must be measured as train measured ``dice_fp32`` (CPU, the training precision, no mirroring)."""
     if not compare:
         problem = "its fp16 check is deferred to this command: add --choose-postprocess or --compare-postprocess"
         raise InputError(card.path, problem)
@@ -132,7 +133,12 @@ def require_fp16_check_setup(card: ModelCard, compare: bool, precision: str) -> 
     dtype = autocast_dtype(torch.device("cpu"), precision)
     here = str(dtype).replace("torch.", "") if dtype else "fp32"
     if here != trained:
-        problem = f"its fp16 check compares with Dice measured in {trained}: validate in that precision, not {here}"
+        flag = {"bfloat16": "bf16", "fp32": "fp32"}.get(trained)
+        fix = f"validate with --precision {flag}" if flag else "check it with `train` (no --defer-fp16-check)"
+        problem = f"its fp16 check compares with Dice measured in {trained}, not {here}: {fix}"
+        raise InputError(card.path, problem)
+    if (tta or card.inference.get("flips", "none")) != "none":
+        problem = "its fp16 check compares with Dice measured without mirroring: validate with --tta none"
         raise InputError(card.path, problem)
 
 
@@ -163,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cards = [get_model(model_id, args.models_dir) for model_id in ids]
         check_fp16 = args.write and is_deferred(cards[0].validation)
-        if check_fp16:
-            require_fp16_check_setup(cards[0], compare, args.precision)
+        settled: dict[str, str] | None = None
+        if check_fp16 and weights_dtype(cards[0].weights_path) == "float32":
+            check_fp16, settled = False, NOT_NEEDED  # the fp32 file copied over the fp16 one: nothing was rounded
+        elif check_fp16:
+            require_fp16_check_setup(cards[0], compare, args.precision, args.tta)
         variants = POSTPROCESS_VARIANTS if compare else None
         result = validate(cards, args.data, args.tta, args.precision, variants=variants, extra_dirs=args.models_dir)
     except InputError as error:
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.choose_postprocess:
             card.validation.update({k: v for k, v in result.items() if k != "postprocess_per_case"})
         card.validation["flips"] = flips
-        if check_fp16:
+        if settled:
             card.validation.update(settled)
             print(f"fp16 check: {settled['fp16_check']}")
         card.write(card.path)

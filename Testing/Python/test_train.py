@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from train_support import ROOT, needs_brats, tiny_data
 
+from BrainTumorSeg import train
 from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.device import autocast_dtype
@@ -18,6 +19,7 @@ from BrainTumorSeg.fp16_check import DEFERRED
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
 from BrainTumorSeg.resources import resources_dir
+from BrainTumorSeg.train import evaluate
 from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
 from BrainTumorSeg.training_progress import TrainingProgress
 from BrainTumorSeg.validation import main as validate_main
@@ -114,10 +116,13 @@ def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys,
 
 
 @needs_brats
-def test_a_deferred_fp16_check_skips_the_second_pass_and_validate_settles_it(data, tmp_path, capsys):
+def test_a_deferred_fp16_check_skips_the_second_pass_and_validate_settles_it(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    passes = []
+    monkeypatch.setattr(train, "evaluate", lambda *a: passes.append(a) or evaluate(*a))
     assert main([*args, "--batch", "2", "--crop", "48", "48", "--steps", "2", "--defer-fp16-check"]) == 0
+    assert len(passes) == 1  # the last step's validation only
     card = ModelCard.read(out / "unet2d-axial.json")
     assert card.validation["fp16_check"] == DEFERRED and card.validation["weights_dtype"] == "float16"
     last = {k: card.training["history"][-1][k] for k in ("WT", "TC", "ET")}

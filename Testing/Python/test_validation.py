@@ -139,7 +139,7 @@ def test_a_failed_fp16_check_exits_1_and_leaves_the_card(deferred_card, capsys):
     assert error.startswith(
         f"brain-tumor-seg validate: error: {weights}: fp16 weights move a Dice before clean-up by 0.0125 (> 0.005)"
     )
-    assert error.endswith("copy the run's <id>-fp32.safetensors over this file and validate again\n")
+    assert error.endswith(f"copy the run's {weights.stem}-fp32.safetensors over this file and validate again\n")
     assert path.read_bytes() == before
 
 
@@ -150,7 +150,7 @@ def test_fp32_weights_need_no_fp16_check(deferred_card):
     save_file({k: v.float() for k, v in load_file(weights).items()}, weights)
     raw["validation"]["dice_fp32"] = {"WT": 0.0, "TC": 0.0, "ET": 0.0}  # not compared: nothing was rounded
     path.write_text(json.dumps(raw))
-    assert main([*arguments, "--precision", "fp32", "--choose-postprocess", "--write"]) == 0
+    assert main([*arguments, "--precision", "auto", "--tta", "x", "--write"]) == 0  # no setup to match either
     stored = ModelCard.read(path).validation
     assert stored["weights_dtype"] == "float32" and stored["fp16_check"] == "none needed: the weights are fp32"
 
@@ -163,6 +163,10 @@ def test_fp32_weights_need_no_fp16_check(deferred_card):
             "its fp16 check is deferred to this command: add --choose-postprocess or --compare-postprocess",
         ),
         (["--precision", "auto", "--choose-postprocess"], None),
+        (
+            ["--precision", "fp32", "--choose-postprocess", "--tta", "x"],
+            "its fp16 check compares with Dice measured without mirroring: validate with --tta none",
+        ),
     ],
 )
 def test_a_deferred_fp16_check_refuses_a_pass_that_cannot_settle_it(deferred_card, capsys, options, problem):
@@ -172,7 +176,7 @@ def test_a_deferred_fp16_check_refuses_a_pass_that_cannot_settle_it(deferred_car
     if problem is None:
         if native is None:
             pytest.skip("auto is fp32 on this CPU: the card's training precision")
-        problem = "its fp16 check compares with Dice measured in fp32: validate in that precision, not bfloat16"
+        problem = "its fp16 check compares with Dice measured in fp32, not bfloat16: validate with --precision fp32"
     assert main([*arguments, *options, "--write"]) == 2
     assert capsys.readouterr().err == f"brain-tumor-seg validate: error: {path}: {problem}\n"
     assert path.read_bytes() == before
