@@ -48,6 +48,11 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return torch.float16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a model card names an autocast dtype: ``bfloat16``, ``float16``, or ``fp32`` for None."""
+    return str(dtype).replace("torch.", "") if dtype else "fp32"
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """Autocast to ``dtype`` on ``device``, or nothing for fp32."""

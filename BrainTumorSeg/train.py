@@ -35,7 +35,7 @@ from torch import nn
 from . import distributed
 from .augmentation import augment, from_one_hot, one_hot
 from .case import MODALITIES
-from .device import autocast, autocast_dtype, resolve_device
+from .device import autocast, autocast_dtype, precision_name, resolve_device
 from .errors import InputError
 from .fp16_check import DEFERRED, TOLERANCE
 from .havaei_training import (
@@ -598,7 +598,7 @@ def write_card(
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "minutes": round(minutes, 1),
         "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "precision": precision_name(dtype),
         "processes": context.world_size,
         "history": history,
     }

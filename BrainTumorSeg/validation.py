@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .case import read_truth, resolve_inputs, truth_file
-from .device import autocast_dtype
+from .device import autocast_dtype, precision_name
 from .errors import InputError
 from .fp16_check import NOT_NEEDED, is_deferred, resolve, weights_dtype
 from .metrics import mean_region_dice, region_dice
@@ -130,8 +130,7 @@ def require_fp16_check_setup(card: ModelCard, compare: bool, precision: str, tta
         problem = "its fp16 check is deferred to this command: add --choose-postprocess or --compare-postprocess"
         raise InputError(card.path, problem)
     trained = card.training.get("precision", "fp32")
-    dtype = autocast_dtype(torch.device("cpu"), precision)
-    here = str(dtype).replace("torch.", "") if dtype else "fp32"
+    here = precision_name(autocast_dtype(torch.device("cpu"), precision))
     if here != trained:
         flag = {"bfloat16": "bf16", "fp32": "fp32"}.get(trained)
         fix = f"validate with --precision {flag}" if flag else "check it with `train` (no --defer-fp16-check)"
