@@ -552,7 +552,7 @@ def write_card(
     dtype: torch.dtype | None,
     final_evaluation: dict | None = None,
 ) -> None:
-    """Write ``<id>.safetensors`` (fp16 unless that moves a validation Dice by more than 0.005) and the completed card.
+    """Write ``<id>.safetensors`` (fp16 unless that moves a validation Dice by more than ``TOLERANCE``) and the card.
 
     With ``--defer-fp16-check`` and the last step's validation at hand (``final_evaluation``), the fp16 weights are
     not evaluated here: the card says so (:mod:`fp16_check`) and the fp32 weights are kept beside them."""
@@ -583,6 +583,7 @@ def write_card(
         "command": prefix + "brain-tumor-seg train " + " ".join(shlex.quote(str(a)) for a in command),
         "architecture": card.architecture,
         "data": str(args.data.name),
+        "label_convention": args.convention,
         "split": {"train": list(json.loads(args.split.read_text())["train"]), "validation": [c.case_id for c in val_cases]},
         **recipe.to_dict(),
         "loss_description": {

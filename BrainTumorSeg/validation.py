@@ -46,7 +46,7 @@ def validate(
     data: Path,
     flips: str | None = None,
     precision: str = "auto",
-    convention: str = "brats2017",
+    convention: str | None = None,
     variants: dict[str, PostprocessOptions] | None = None,
     extra_dirs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
@@ -56,12 +56,15 @@ def validate(
     their networks must share one validation split. The first card's clean-up applies. With ``variants`` the
     networks run once per case and each clean-up variant is scored on the raw labels too
     (``result["postprocess"][name]``). Ensemble members are looked up in ``extra_dirs`` and the usual folders.
+    The ground truth is read in ``convention``, by default the one the first network was trained with (its card's
+    ``training.label_convention``; BraTS 2017-2022 labels 1, 2, 4 for cards written before it was recorded).
     """
     networks = expand(cards, extra_dirs)
     splits = {tuple(card.training["split"]["validation"]) for card in networks}
     if len(splits) != 1:
         raise InputError(",".join(card.id for card in cards), "the models have different validation splits")
     members = [Member(card, card.load()) for card in networks]
+    convention = convention or networks[0].training.get("label_convention", "brats2017")
     per_case, seconds = {}, []
     by_variant: dict[str, dict[str, dict[str, float]]] = {name: {} for name in variants or {}}
     own = postprocess_options(cards, None)

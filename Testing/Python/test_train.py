@@ -55,6 +55,7 @@ def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tm
     assert training["split"] == json.loads(data.split.read_text())
     assert training["command"].startswith("brain-tumor-seg train --card")
     assert training["architecture"] == "unet2d" and training["sampler"] == "slices"
+    assert training["label_convention"] == "brats2017"
     assert training["loss"] == "ce" and "cross-entropy" in training["loss_description"]
     assert training["steps"] == 3 and training["batch"] == 2 and training["crop"] == [64, 64]
     native = autocast_dtype(torch.device("cpu"))  # --precision auto: bf16 on CPUs with native bf16, else fp32

@@ -6,11 +6,14 @@ import json
 import shutil
 
 import pytest
+import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file, save_file
 
+from BrainTumorSeg.case import truth_file
 from BrainTumorSeg.device import autocast_dtype
 from BrainTumorSeg.fp16_check import DEFERRED
+from BrainTumorSeg.labels import from_convention, to_convention
 from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.validation import POSTPROCESS_VARIANTS, main, validate
 
@@ -100,6 +103,27 @@ def test_ensemble_members_must_share_a_validation_split(one_case_card, tmp_path,
     with pytest.raises(SystemExit):
         main(["--model", f"{card.id},other", *folders, "--data", str(data), "--write"])
     assert "give one --model" in capsys.readouterr().err
+
+
+def test_the_truth_is_read_in_the_convention_the_card_was_trained_with(one_case_card, tmp_path):
+    """A cohort labelled the BraTS 2023 way (ET = 3) scores as the same cohort labelled the 2017 way (ET = 4)."""
+    card, data = one_case_card
+    (case,) = card.training["split"]["validation"]
+    shutil.copytree(data / case, tmp_path / "data" / case)
+    truth = truth_file(tmp_path / "data" / case)
+    image = sitk.ReadImage(str(truth))
+    relabelled = sitk.GetImageFromArray(to_convention(from_convention(sitk.GetArrayFromImage(image)), "brats2023"))
+    relabelled.CopyInformation(image)
+    sitk.WriteImage(relabelled, str(truth))
+    raw = card.to_json()
+    raw["training"] = dict(raw["training"], label_convention="brats2023")
+    (tmp_path / f"{card.id}.json").write_text(json.dumps(raw))
+    shutil.copy(card.weights_path, tmp_path / card.weights_path.name)
+    relabelled_card = ModelCard.read(tmp_path / f"{card.id}.json")
+    expected = validate([card], data, precision="fp32")["per_case"]
+    assert validate([relabelled_card], tmp_path / "data", precision="fp32")["per_case"] == expected
+    with pytest.raises(ValueError, match=r"label values \[3\] are not in the brats2017 convention"):
+        validate([card], tmp_path / "data", precision="fp32")
 
 
 @pytest.fixture
