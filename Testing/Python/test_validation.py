@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from BrainTumorSeg.case import truth_file
 from BrainTumorSeg.device import autocast_dtype
+from BrainTumorSeg.errors import InputError
 from BrainTumorSeg.fp16_check import DEFERRED
 from BrainTumorSeg.labels import from_convention, to_convention
 from BrainTumorSeg.models.card import ModelCard
@@ -122,8 +123,9 @@ def test_the_truth_is_read_in_the_convention_the_card_was_trained_with(one_case_
     relabelled_card = ModelCard.read(tmp_path / f"{card.id}.json")
     expected = validate([card], data, precision="fp32")["per_case"]
     assert validate([relabelled_card], tmp_path / "data", precision="fp32")["per_case"] == expected
-    with pytest.raises(ValueError, match=r"label values \[3\] are not in the brats2017 convention"):
+    with pytest.raises(InputError) as error:  # the 2017 reading of the same files: a one-line error naming the file
         validate([card], tmp_path / "data", precision="fp32")
+    assert str(error.value) == f"{truth}: label values [3] are not in the brats2017 convention (0, (1, 2, 4))"
 
 
 @pytest.fixture
