@@ -62,6 +62,8 @@ def test_card_records_a_real_training_run_on_the_fixed_split(path: Path):
     assert card.training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
     assert validation["cases"] == len(SPLIT["validation"]) == len(validation["per_case"])
     assert set(validation["dice"]) == {"WT", "TC", "ET"} and validation["seconds_per_case"] > 0
+    # the Dice were measured with the mirroring `segment` applies by default, so they describe what users get
+    assert validation["flips"] == card.inference.get("flips", "none")
 
 
 def sees_slab_thickness(inference: dict) -> bool:
