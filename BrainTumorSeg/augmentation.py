@@ -8,6 +8,9 @@ image: overlapping regions (each channel thresholded at 0.5) or a one-hot of exc
 (each pixel takes the class with the largest share, so pixels where three labels meet keep a
 tumor label); or ``None`` for patches whose target is the label of their centre pixel (a
 rotation and scale about the patch centre keep that pixel where it is).
+
+:func:`rotate_scale_blocks` gives 3D blocks the same rotation (in the axial plane) and scale; their
+flips and intensity changes come from the block sampler's MONAI transforms.
 """
 
 from __future__ import annotations
@@ -29,11 +32,7 @@ def augment(
         x[flip] = x[flip].flip(dim)
         if y is not None:
             y[flip] = y[flip].flip(dim)
-    apply = (torch.rand(b, generator=generator) < 0.7).float()
-    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(15) * apply
-    scale = 1 + (torch.rand(b, generator=generator) * 0.3 - 0.15) * apply
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)], 1)
+    theta = torch.cat([rotation_scale_matrices(b, generator), torch.zeros(b, 2, 1)], dim=2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if y is not None:
@@ -47,6 +46,33 @@ def augment(
     noisy = (torch.rand(b, 1, 1, 1, generator=generator) < 0.2).float()
     x = x + noisy * 0.05 * torch.randn(x.shape, generator=generator) * brain
     return x, y
+
+
+def rotation_scale_matrices(b: int, generator: torch.Generator) -> torch.Tensor:
+    """``(B, 2, 2)`` inverse maps of a rotation of +-15 degrees and a scale of 0.85-1.15, each applied with probability
+    0.7 (identity otherwise): what :func:`torch.nn.functional.affine_grid` samples the output from."""
+    apply = (torch.rand(b, generator=generator) < 0.7).float()
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(15) * apply
+    scale = 1 + (torch.rand(b, generator=generator) * 0.3 - 0.15) * apply
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    return torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+
+
+def rotate_scale_blocks(x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks ``(B, C, x, y, z)`` (canonical RAS) and their internal labels ``(B, x, y, z)`` rotated about the z
+    (superior) axis and scaled in all three axes about the block centre; voxels brought in from outside the block are
+    background (0, as outside the brain). Images are interpolated linearly, labels by nearest neighbour."""
+    b = x.shape[0]
+    in_plane = rotation_scale_matrices(b, generator)
+    scale_z = in_plane.det().abs().sqrt()  # the in-plane scale (1/s): scale z alike, so the block scales isotropically
+    theta = torch.zeros(b, 3, 4)
+    # affine_grid orders coordinates last axis first: (z, y, x) of a canonical (x, y, z) block
+    theta[:, 0, 0] = scale_z
+    theta[:, 1:, 1:3] = in_plane.flip(1, 2)  # the (y, x) block of the map; flipping both axes keeps it a rotation
+    grid = F.affine_grid(theta, [b, 1, *x.shape[2:]], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x, labels[:, 0].to(torch.uint8)
 
 
 def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:

@@ -37,7 +37,8 @@ class Recipe:
     ``steps`` counts phase 1 (or the only phase); ``phase2_steps`` then retrain only the output layer
     on the natural label distribution (Havaei's phase 2; patches only). ``momentum`` is a start and end
     value, ramped linearly over phase 1 (SGD only). ``l1`` and ``max_norm`` are Havaei's regularizers
-    (0 / None: off); ``weight_decay`` is the L2 term.
+    (0 / None: off); ``weight_decay`` is the L2 term. ``rotate_blocks`` adds the slices' rotation and scale
+    (:func:`augmentation.rotate_scale_blocks`) to the flips and intensity changes of augmented 3D blocks.
     """
 
     sampler: str = "slices"
@@ -57,6 +58,7 @@ class Recipe:
     l1: float = 0.0
     max_norm: float | None = None
     augment: bool = True
+    rotate_blocks: bool = False
     validate_every: int = 500
     seed: int = 0
 
@@ -69,8 +71,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The fields that matter for this recipe's sampler (a patch recipe has no crop size, a slice recipe no phases)."""
         unused = {
-            "slices": ("block", "block_ratios", "balance", "phase2_steps"),
-            "patches": ("crop", "block", "block_ratios", "tumor_fraction"),
+            "slices": ("block", "block_ratios", "balance", "phase2_steps", "rotate_blocks"),
+            "patches": ("crop", "block", "block_ratios", "tumor_fraction", "rotate_blocks"),
             "blocks": ("crop", "tumor_fraction", "balance", "phase2_steps"),
         }.get(self.sampler, ())
         return {k: v for k, v in asdict(self).items() if k not in unused}
@@ -85,6 +87,8 @@ class Recipe:
             raise ValueError("patch classifiers need class outputs (outputs.type classes)")
         if (self.sampler == "blocks") != (architecture == "segresnet"):
             raise ValueError("3D blocks are for the 3D network (segresnet) and it trains on blocks only")
+        if self.rotate_blocks and (self.sampler != "blocks" or not self.augment):
+            raise ValueError("rotating blocks is an augmentation of 3D blocks (slices and patches rotate whenever augmented)")
         if self.phase2_steps and self.sampler != "patches":
             raise ValueError("phase 2 (output layer on the natural label distribution) is for patch training")
         if self.optimizer not in ("adamw", "sgd"):

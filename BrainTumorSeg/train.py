@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .augmentation import augment, from_one_hot, one_hot
+from .augmentation import augment, from_one_hot, one_hot, rotate_scale_blocks
 from .case import MODALITIES
 from .device import autocast, autocast_dtype, precision_name, resolve_device
 from .errors import InputError
@@ -67,6 +67,14 @@ AUGMENTATION = {
     "patches": "flips, rotation +-15 deg and scale 0.85-1.15 about the centre pixel (p 0.7), per-sequence gain/shift, noise",
     "blocks": "MONAI RandFlipd on 3 axes (p 0.5 each), RandScaleIntensityd 0.1 and RandShiftIntensityd 0.1 per sequence",
 }
+
+
+def augmentation_description(recipe: Recipe) -> str:
+    """What the recipe's augmentation does, for the model card."""
+    if not recipe.augment:
+        return "none"
+    rotation = "; rotation +-15 deg about the superior axis and scale 0.85-1.15 (p 0.7)" if recipe.rotate_blocks else ""
+    return AUGMENTATION[recipe.sampler] + rotation
 
 
 def cpu_name() -> str:
@@ -139,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--validate-every", type=int)
     recipe.add_argument("--seed", type=int)
     recipe.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    recipe.add_argument(
+        "--rotate-blocks",
+        action="store_true",
+        default=None,
+        help="3D blocks: also rotate (+-15 deg about the superior axis) and scale (0.85-1.15), p 0.7, as slices are",
+    )
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (also written at validation)")
     p.add_argument(
         "--defer-fp16-check",
@@ -195,7 +209,7 @@ def build_template(args: argparse.Namespace) -> tuple[ModelCard, Recipe]:
     for name in ("steps", "phase2_steps", "batch", "crop", "block", "loss", "optimizer", "lr", "tumor_fraction"):
         if getattr(args, name) is not None:
             setattr(recipe, name, list(getattr(args, name)) if name in ("crop", "block") else getattr(args, name))
-    for name in ("validate_every", "seed", "augment"):
+    for name in ("validate_every", "seed", "augment", "rotate_blocks"):
         if getattr(args, name) is not None:
             setattr(recipe, name, getattr(args, name))
     known = {k: v for k, v in template.items() if k in ModelCard.__dataclass_fields__ and k not in ("path", "training")}
@@ -300,7 +314,9 @@ def make_batch(recipe: Recipe, sampler: Any, output_type: str, generator: torch.
         if recipe.augment:
             x, _ = augment(x, None, generator, len(MODALITIES))
         return sampler.trim(x), labels.long()
-    if recipe.sampler == "blocks":  # augmented by the sampler's MONAI transforms
+    if recipe.sampler == "blocks":  # flips and intensities: the sampler's MONAI transforms
+        if recipe.rotate_blocks:
+            x, labels = rotate_scale_blocks(x, labels, generator)
         return x, region_targets(labels) if output_type == "regions" else labels.long()
     masks = region_targets(labels) if output_type == "regions" else one_hot(labels, CLASSES)
     if recipe.augment:
@@ -593,7 +609,7 @@ def write_card(
         }[recipe.loss]
         + (" on WT/TC/ET (sigmoid)" if card.outputs["type"] == "regions" else " over labels 0-3 (softmax)"),
         "phases": [p.describe(n) for p, n in zip(phases, phase_steps, strict=True)],
-        "augmentation": AUGMENTATION[recipe.sampler] if recipe.augment else "none",
+        "augmentation": augmentation_description(recipe),
         **extra,  # the fixed first CNN of a cascade, the weights training started from
         "started": started_at.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

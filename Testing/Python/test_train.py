@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from train_support import ROOT, needs_brats, tiny_data
 
 from BrainTumorSeg import train
-from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot
+from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot, rotate_scale_blocks
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.device import autocast_dtype
 from BrainTumorSeg.fp16_check import DEFERRED
@@ -144,7 +144,10 @@ def test_template_errors_are_one_line_exit_2(data, tmp_path, capsys):
     assert main(["train", "--architecture", "unet2d", "--havaei-variant", "keras", *data.args(out)]) == 2
     assert main(["train", "--architecture", "pspnet", "--phase2-steps", "5", *data.args(out)]) == 2
     assert main(["train", "--architecture", "unet2d", "--config", "[1]", *data.args(out)]) == 2
-    assert capsys.readouterr().err.count("error:") == 3
+    assert main(["train", "--architecture", "unet2d", "--rotate-blocks", *data.args(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 4
+    assert "rotating blocks is an augmentation of 3D blocks (slices and patches rotate whenever augmented)" in err
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
@@ -252,6 +255,23 @@ def test_block_sampler_draws_full_blocks_with_tumor(cases):
 def test_block_sampler_without_augmentation_copies_the_case(cases):
     x, _ = BlockSampler(cases[:1], (32, 32, 32), [0.0, 1.0, 1.0, 1.0], seed=0, augment=False).sample(2)
     assert np.isin(x.numpy(), cases[0].data.astype(np.float32)).all()  # --no-augment: voxel values as cached
+
+
+def test_rotated_blocks_turn_about_the_superior_axis_only():
+    """Labels layered along z (canonical superior axis) stay layered: rotation about z and an isotropic scale about the
+    block centre move no voxel into another layer's z range; the image moves with its labels."""
+    labels = torch.zeros(16, 32, 32, 32, dtype=torch.uint8)
+    labels[..., :16], labels[..., 16:] = 1, 2
+    labels[:, 8:24, 8:24, 14:18] = 3  # a slab in the middle, off the layer boundary only in z
+    x = labels[:, None].float().repeat(1, 4, 1, 1, 1)
+    xr, lr = rotate_scale_blocks(x.clone(), labels.clone(), torch.Generator().manual_seed(0))
+    assert xr.shape == x.shape and lr.shape == labels.shape and lr.dtype == torch.uint8
+    assert set(lr.unique().tolist()) <= {0, 1, 2, 3}
+    assert not (lr[..., :13] == 2).any() and not (lr[..., 19:] == 1).any()  # layers stay on their side (scale <= 1.15)
+    assert (lr != labels).any()  # something moved in-plane: the corners are background now
+    assert (lr[..., 2:30] == 0).float().mean() < 0.2  # in-plane corners only, not whole slices
+    inside = (lr != 0) & (xr[:, 0] != 0)
+    assert (xr[:, 0][inside].round() == lr[inside].float()).float().mean() > 0.95  # image and labels moved together
 
 
 def test_progress_writes_plain_lines_when_not_a_terminal(tmp_path):
