@@ -147,7 +147,10 @@ def predict_with_flips(predict: Callable[[np.ndarray], np.ndarray], volume: np.n
     in-plane combinations). Each mirrored prediction is mirrored back before averaging.
     """
     total = predict(volume)
+    if not FLIPS[flips]:
+        return total
     for axes in FLIPS[flips]:
         spatial = tuple(1 + a for a in axes)
         total += np.flip(predict(np.flip(volume, spatial)), spatial)
-    return total / (1 + len(FLIPS[flips]))
+    total /= 1 + len(FLIPS[flips])
+    return total

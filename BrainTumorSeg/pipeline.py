@@ -202,7 +202,8 @@ def segment(
     prepared = prepare_oriented(case.data, orientation)  # channels in MODALITIES order; one brain mask and crop
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
-        channels = prepared.data[[MODALITIES.index(m) for m in member.card.modalities]]
+        order = [MODALITIES.index(m) for m in member.card.modalities]
+        channels = prepared.data if order == list(range(len(MODALITIES))) else prepared.data[order]  # no copy when in order
         probabilities = predict_member(
             member, setting, channels, torch_device, options.precision, partial(_offset_progress, for_pass, first_pass)
         )
