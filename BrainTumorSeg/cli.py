@@ -145,9 +145,13 @@ def load_members(args: argparse.Namespace) -> tuple[list[ModelCard], list[Member
 
 
 def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[Member]) -> RunOptions:
-    """Run options from the command line (clean-up: the first named card's); checks every network's inference settings."""
+    """Run options from the command line (clean-up: the first named card's); checks the device and every network's
+    inference settings before any case is read or segmented."""
+    from .device import resolve_device
     from .pipeline import InferenceOptions, RunOptions, inference_settings, postprocess_options
     from .postprocess import PostprocessOptions
+
+    resolve_device(args.device)
 
     inference = InferenceOptions(
         mode=args.mode, axis=args.axis, window=tuple(args.window) if args.window else None, overlap=args.overlap, flips=args.tta

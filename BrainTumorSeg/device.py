@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
@@ -21,7 +23,8 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU."""
+    """``auto`` picks CUDA, then MPS, then CPU; a device asked for by name must be there (InputError naming
+    ``--device`` otherwise, before any work)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -30,6 +33,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "no CUDA GPU found" if torch.backends.cuda.is_built() else f"PyTorch {torch.__version__} is built without CUDA"
+        raise InputError("--device", f"cuda is not available: {why}; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device", "mps is not available (Apple silicon GPUs only); use --device auto or cpu")
     return torch.device(name)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from BrainTumorSeg.case import (
     IMAGE_EXTENSIONS,
@@ -300,6 +301,26 @@ def test_cli_unwritable_output_folder(tmp_path, sub_volumes, tiny_models, capfd)
     line = error_line(capfd.readouterr())
     assert code == 2
     assert line == f"{PREFIX}{out}: output folder cannot be written (Not a directory)"
+    assert not out.exists()
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("command", ["segment", "batch"])
+def test_cli_device_that_is_not_there(command, tmp_path, sub_volumes, tiny_models, capfd):
+    """--device cuda without a GPU (Slicer's GPU choice on a CPU-only machine): one line naming --device, exit 2,
+    before any case is read or any output written."""
+    folder = write_case(tmp_path / "inputs" / "case", sub_volumes)
+    out = tmp_path / "out"
+    before = snapshot(tmp_path)
+    capfd.readouterr()
+    source = str(folder if command == "segment" else folder.parent)
+    options = ["--models-dir", str(tiny_models), "--model", TINY_ID, "--device", "cuda"]
+    code = main([command, "--input", source, "--out", str(out), *options])
+    line = error_line(capfd.readouterr())
+    assert code == 2
+    why = "no CUDA GPU found" if torch.backends.cuda.is_built() else f"PyTorch {torch.__version__} is built without CUDA"
+    assert line == f"{PREFIX}--device: cuda is not available: {why}; use --device auto or cpu"
     assert not out.exists()
     assert snapshot(tmp_path) == before
 
