@@ -62,6 +62,11 @@ class RunControl:
     def report(self, stage: str, done: int, total: int, message: str = "", **extra: Any) -> None:
         """Report progress (raises :class:`Cancelled` first when cancellation was requested)."""
         self.check()
+        self.notify(stage, done, total, message, **extra)
+
+    def notify(self, stage: str, done: int, total: int, message: str = "", **extra: Any) -> None:
+        """Report progress without honouring a cancel request: for what is already done and cannot be undone
+        (the outputs are in place)."""
         if self.callback is not None:
             self.callback(ProgressEvent(stage, done, total, message, extra))
 
@@ -69,13 +74,18 @@ class RunControl:
         """Progress of ``runs`` equal-weight passes (models x mirrorings) as one monotonic counter.
 
         Returns ``for_run(i)``, which gives the ``(done, total)`` callback of pass ``i``; pass ``i``
-        at ``done/total`` reports ``i * 1000 + 1000 * done // total`` of ``runs * 1000``.
+        at ``done/total`` reports ``i * 1000 + 1000 * done // total`` of ``runs * 1000``. A pass run again
+        (the CPU fallback after a GPU ran out of memory) never moves the counter back: it reports the
+        furthest point reached until it passes it.
         """
         scale = 1000
+        reached = 0
 
         def for_run(index: int) -> Callable[[int, int], None]:
             def progress(done: int, total: int) -> None:
-                self.report(stage, index * scale + scale * done // max(total, 1), runs * scale, f"{label(index)}: {done}/{total}")
+                nonlocal reached
+                reached = max(reached, index * scale + scale * done // max(total, 1))
+                self.report(stage, reached, runs * scale, f"{label(index)}: {done}/{total}")
 
             return progress
 
