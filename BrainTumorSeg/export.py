@@ -216,12 +216,14 @@ def write_outputs(
     convention: str,
     extras: Mapping[str, tuple[str, Callable[[Path], None]]] | None = None,
     details: Mapping[str, Any] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> dict[str, Path]:
     """Write the label map, the .seg.nrrd and the volumes JSON of one case; returns their final paths.
 
     ``extras`` maps more output kinds to ``(file name, function writing that file at the path it is given)``;
-    ``details`` are added to the volumes JSON (for example the clean-up applied).
-    The volumes JSON lands last: when it exists, every other output of the case is complete.
+    ``details`` are added to the volumes JSON (for example the clean-up applied). ``before_commit`` is called
+    when every file is staged, before any is moved into ``folder``; an exception it raises (a cancel) discards
+    them all. The volumes JSON lands last: when it exists, every other output of the case is complete.
     """
     names = {
         "labels": f"{case_id}_seg.nii.gz",
@@ -237,4 +239,6 @@ def write_outputs(
         info = summary(internal, reference, model_id, inputs, convention) | dict(details or {})
         info["outputs"] = {k: str(folder / v) for k, v in names.items()}
         (staging / names["volumes"]).write_text(json.dumps(info, indent=2) + "\n")
+        if before_commit is not None:
+            before_commit()
     return {k: folder / v for k, v in names.items()}

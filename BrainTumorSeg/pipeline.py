@@ -300,10 +300,10 @@ def segment_to_folder(
     try:
         paths = write_outputs(
             out, case_id, result.labels, case.reference, model_id, case.sources, convention, extras,
-            details={"postprocess": result.postprocess.to_dict(), "models": result.models},
+            details={"postprocess": result.postprocess.to_dict(), "models": result.models}, before_commit=control.check,
         )  # fmt: skip
     except BaseException:
         remove_folders(created)
         raise
-    control.report("write", 1, 1, f"wrote outputs to {out}")
+    control.notify("write", 1, 1, f"wrote outputs to {out}")  # the outputs are in place: too late to cancel
     return result, paths

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from BrainTumorSeg import pipeline
 from BrainTumorSeg.case import resolve_inputs
 from BrainTumorSeg.errors import InputError
 from BrainTumorSeg.geometry import Reorientation
@@ -189,6 +190,41 @@ def test_cancel_stops_within_a_second_and_writes_nothing(sample_case, unet_card,
     assert isinstance(outcome.get("error"), Cancelled)
     assert outcome["ended"] - cancelled_at < 1.0
     assert not out.exists()
+
+
+def test_cancel_while_writing_leaves_nothing(small_case, unet_card, unet_network, tmp_path):
+    """A cancel that arrives once the write stage has begun still discards every staged file: nothing appears."""
+    out = tmp_path / "new" / "out"
+    control = RunControl(lambda event: control.cancel() if event.stage == "write" else None)
+    with pytest.raises(Cancelled):
+        segment_to_folder(small_case, [Member(unet_card, unet_network)], out, "case", options=RunOptions("cpu"), control=control)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_stays_monotonic_when_a_pass_reruns_on_the_cpu(monkeypatch, unet_card, unet_network, caplog):
+    """The CPU fallback runs a pass again from the start; the reported counter holds still until it passes its mark."""
+    devices: list[str] = []
+
+    def fake_predict(card, network, volume, device, dtype, progress, options):
+        devices.append(device.type)
+        for done in range(1, 5):
+            progress(done, 4)
+            if device.type != "cpu" and done == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.zeros((3, *volume.shape[1:]), np.float32)
+
+    monkeypatch.setattr(pipeline, "predict_with_card", fake_predict)
+    events: list[ProgressEvent] = []
+    control = RunControl(events.append)
+    for_pass = control.steps("predict", 2, str)
+    settings = inference_settings(unet_card, InferenceOptions(flips="x"))
+    volume = np.zeros((4, 8, 8, 8), np.float32)
+    with caplog.at_level("WARNING"):
+        pipeline.predict_member(Member(unet_card, unet_network), settings, volume, torch.device("cuda"), "fp32", for_pass)
+    assert devices == ["cuda", "cpu", "cpu"]  # the first pass ran out of memory at 3 of 4, then both passes on the CPU
+    done = [event.done for event in events]
+    assert done == sorted(done) and done[-1] == events[-1].total == 2000
+    assert done[:6] == [250, 500, 750, 750, 750, 750]  # the rerun's 1/4 and 2/4 and 3/4 do not move it back
 
 
 def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_case, unet_card, unet_network, tmp_path):
