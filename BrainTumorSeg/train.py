@@ -60,7 +60,8 @@ from .training_progress import TrainingProgress
 
 log = logging.getLogger("brain_tumor_seg.train")
 
-# Test hook: each rank writes its final fp32 weights as rank<r>.safetensors into this folder.
+# Test hook: each rank writes its final fp32 weights as rank<r>.safetensors and its training case ids as
+# rank<r>-cases.json into this folder.
 RANK_WEIGHTS_ENV = "BRAIN_TUMOR_SEG_RANK_WEIGHTS"
 AUGMENTATION = {
     "slices": "flips (both in-plane axes), rotation +-15 deg and scale 0.85-1.15 (p 0.7), per-sequence gain/shift, noise (p 0.2)",
@@ -528,6 +529,7 @@ def train(
     rank_weights = os.environ.get(RANK_WEIGHTS_ENV)
     if rank_weights:
         save_weights(network.cpu(), Path(rank_weights) / f"rank{context.rank}.safetensors", dtype=torch.float32)
+        (Path(rank_weights) / f"rank{context.rank}-cases.json").write_text(json.dumps(train_ids))
     if not main_rank:
         return 0
     minutes = elapsed + (time.time() - started) / 60

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import ROOT, needs_brats, tiny_data
+from train_support import ROOT, TRAIN, needs_brats, tiny_data
 
 from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.train import RANK_WEIGHTS_ENV
@@ -40,6 +40,9 @@ def test_two_ranks_end_with_identical_weights_and_the_loss_goes_down(data, tmp_p
     result = subprocess.run(launcher + train, env=environment, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
+    cases = [set(json.loads((weights / f"rank{r}-cases.json").read_text())) for r in (0, 1)]
+    assert cases[0] and cases[1] and not cases[0] & cases[1]  # each rank trained on its own share of the cases,
+    assert cases[0] | cases[1] == set(TRAIN)  # so identical weights below mean DDP averaged their gradients
     rank0, rank1 = load_file(str(weights / "rank0.safetensors")), load_file(str(weights / "rank1.safetensors"))
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
