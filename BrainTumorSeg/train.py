@@ -232,8 +232,10 @@ class Phase:
     balance: str
     output_only: bool
 
-    def describe(self, steps: int) -> dict[str, Any]:
-        trained = "output layer only (others fixed)" if self.output_only else "all layers (a cascade's first CNN fixed)"
+    def describe(self, steps: int, fixed_first_cnn: bool = False) -> dict[str, Any]:
+        """The card's record of this phase; ``fixed_first_cnn``: a cascade trained around a fixed TwoPathCNN."""
+        trained = "all layers but the fixed first CNN" if fixed_first_cnn else "all layers"
+        trained = "output layer only (others fixed)" if self.output_only else trained
         return {"name": self.name, "steps": steps, "labels": self.balance, "trained": trained}
 
 
@@ -610,7 +612,7 @@ def write_card(
             "dice-ce": "soft Dice + cross-entropy",
         }[recipe.loss]
         + (" on WT/TC/ET (sigmoid)" if card.outputs["type"] == "regions" else " over labels 0-3 (softmax)"),
-        "phases": [p.describe(n) for p, n in zip(phases, phase_steps, strict=True)],
+        "phases": [p.describe(n, "first_cnn" in extra) for p, n in zip(phases, phase_steps, strict=True)],
         "augmentation": augmentation_description(recipe),
         **extra,  # the fixed first CNN of a cascade, the weights training started from
         "started": started_at.isoformat(timespec="seconds"),

@@ -45,7 +45,7 @@ def test_two_phases_then_a_cascade_on_the_fixed_first_cnn(data, tmp_path):
     assert card.outputs == {"type": "classes", "labels": [0, 1, 2, 3]} and card.inference["mode"] == "dense"
     phases = card.training["phases"]
     assert [p["steps"] for p in phases] == [3, 2] and [p["labels"] for p in phases] == ["uniform", "natural"]
-    assert phases[1]["trained"].startswith("output layer only")
+    assert [p["trained"] for p in phases] == ["all layers", "output layer only (others fixed)"]
     assert [h["phase"] for h in card.training["history"]] == ["phase 1", "phase 2"]
     assert card.training["optimizer"] == "sgd" and card.training["momentum"] == [0.5, 0.9]
 
@@ -58,6 +58,8 @@ def test_two_phases_then_a_cascade_on_the_fixed_first_cnn(data, tmp_path):
     assert all(torch.equal(trained[f"first.{k}"], v) for k, v in before.items())  # fixed while the second CNN trained
     card = ModelCard.read(cascade_out / "inputcascadecnn-axial.json")
     assert card.training["first_cnn"]["weights"] == phase1.name and len(card.training["first_cnn"]["sha256"]) == 64
+    trained_layers = [p["trained"] for p in card.training["phases"]]
+    assert trained_layers == ["all layers but the fixed first CNN", "output layer only (others fixed)"]
 
     # the weights at the end of phase 1 stay beside the checkpoint, so phase 2 can be redone on them alone
     after_phase1 = cascade_out / "inputcascadecnn-axial-phase1.safetensors"
