@@ -16,7 +16,7 @@ from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot, rotate_sc
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.device import autocast_dtype
 from BrainTumorSeg.fp16_check import DEFERRED
-from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
+from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, MODELS_ENV, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
 from BrainTumorSeg.resources import resources_dir
 from BrainTumorSeg.train import evaluate
@@ -40,7 +40,7 @@ def steps_logged(out) -> list[int]:
 
 
 @needs_brats
-def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tmp_path, capsys):
+def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tmp_path, capsys, monkeypatch):
     template = json.loads((ROOT / "training" / "unet2d-axial.json").read_text())
     template.update(id="tiny-unet", default=False, config={**template["config"], "features": [4, 8]})
     card_path = tmp_path / "tiny.json"
@@ -69,6 +69,11 @@ def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tm
     capsys.readouterr()
     assert main(["models", "--models-dir", str(out)]) == 0
     assert "tiny-unet" in capsys.readouterr().out
+    monkeypatch.setenv(MODELS_ENV, str(out))  # or the environment variable names the run's folder
+    assert main(["models"]) == 0
+    assert "tiny-unet" in capsys.readouterr().out
+    assert main(["segment", "--sample", "--model", "tiny-unet", "--out", str(tmp_path / "seg"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "seg" / "Brats18_CBICA_AQP_1_volumes.json").read_text())["model"] == "tiny-unet"
 
 
 @needs_brats
