@@ -53,13 +53,17 @@ def test_slice_axis_is_anatomical(tiny_network, volume):
     np.testing.assert_allclose(coronal, np.swapaxes(axial_of_swapped, 2, 3), atol=1e-5)
 
 
-@pytest.mark.parametrize("flips", ["x", "xy"])
-def test_tta_output_is_invariant_to_flipping_the_input(tiny_network, volume, flips):
+@pytest.mark.parametrize(
+    ("flips", "axes"), [("x", (1,)), ("xy", (1,)), ("xy", (2,)), ("xy", (1, 2))], ids=["x:x", "xy:x", "xy:y", "xy:xy"]
+)
+def test_tta_output_is_invariant_to_flipping_the_input(tiny_network, volume, flips, axes):
+    """Mirroring the input along any of the averaged in-plane axes mirrors the output, and changes nothing else."""
+
     def predict(v: np.ndarray) -> np.ndarray:
         return predict_slices(tiny_network, v, "axial", context=1)
 
     direct = predict_with_flips(predict, volume, flips)
-    mirrored = np.flip(predict_with_flips(predict, np.flip(volume, 1).copy(), flips), 1)
+    mirrored = np.flip(predict_with_flips(predict, np.flip(volume, axes).copy(), flips), axes)
     np.testing.assert_allclose(direct, mirrored, atol=1e-6)
     plain = predict(volume)
-    assert not np.allclose(plain, np.flip(predict(np.flip(volume, 1).copy()), 1), atol=1e-3)  # the network alone is not
+    assert not np.allclose(plain, np.flip(predict(np.flip(volume, axes).copy()), axes), atol=1e-3)  # the network alone is not
