@@ -136,7 +136,7 @@ def _havaei(architecture: str, title: str, patch: int, batch: int, steps: int, p
         "config": config,
         "inputs": _inputs(0),
         "outputs": copy.deepcopy(_CLASSES),
-        "inference": {"mode": "dense", "axis": "axial", "batch_size": 4},
+        "inference": {"mode": "dense", "axis": "axial", "batch_size": 2},
         "training": Recipe(
             sampler="patches",
             steps=steps,
