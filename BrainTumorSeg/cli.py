@@ -146,7 +146,7 @@ def load_members(args: argparse.Namespace) -> tuple[list[ModelCard], list[Member
 
 def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[Member]) -> RunOptions:
     """Run options from the command line (clean-up: the first named card's); checks the device and every network's
-    inference settings before any case is read or segmented."""
+    inference settings before any case is segmented."""
     from .device import resolve_device
     from .pipeline import InferenceOptions, RunOptions, inference_settings, postprocess_options
     from .postprocess import PostprocessOptions
@@ -172,6 +172,9 @@ def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[
     return RunOptions(args.device, args.precision, inference, clean_up, args.probabilities)
 
 
+GPU_DEVICES = ("cuda", "mps")
+
+
 def run_segment(args: argparse.Namespace) -> int:
     files = {m: getattr(args, m) for m in MODALITIES}
     input_path, truth, out = args.input, args.truth, args.out
@@ -184,6 +187,10 @@ def run_segment(args: argparse.Namespace) -> int:
         out = out or Path("brain-tumor-seg-output")
     if out is None:
         raise InputError("--out", "an output folder is required")
+    if args.device in GPU_DEVICES:  # a GPU asked for by name must be there before the inputs are read
+        from .device import resolve_device
+
+        resolve_device(args.device)
     as_json = args.progress == "json"
     control = RunControl(json_lines(sys.stdout) if as_json else None)
     started = time.perf_counter()

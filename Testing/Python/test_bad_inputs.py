@@ -22,6 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from BrainTumorSeg import cli
 from BrainTumorSeg.case import (
     IMAGE_EXTENSIONS,
     MODALITIES,
@@ -307,10 +308,12 @@ def test_cli_unwritable_output_folder(tmp_path, sub_volumes, tiny_models, capfd)
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 @pytest.mark.parametrize("command", ["segment", "batch"])
-def test_cli_device_that_is_not_there(command, tmp_path, sub_volumes, tiny_models, capfd):
+def test_cli_device_that_is_not_there(command, tmp_path, sub_volumes, tiny_models, capfd, monkeypatch):
     """--device cuda without a GPU (Slicer's GPU choice on a CPU-only machine): one line naming --device, exit 2,
     before any case is read or any output written."""
     folder = write_case(tmp_path / "inputs" / "case", sub_volumes)
+    read: list[object] = []
+    monkeypatch.setattr(cli, "resolve_inputs", lambda *args, **kwargs: read.append(args))
     out = tmp_path / "out"
     before = snapshot(tmp_path)
     capfd.readouterr()
@@ -321,6 +324,7 @@ def test_cli_device_that_is_not_there(command, tmp_path, sub_volumes, tiny_model
     assert code == 2
     why = "no CUDA GPU found" if torch.backends.cuda.is_built() else f"PyTorch {torch.__version__} is built without CUDA"
     assert line == f"{PREFIX}--device: cuda is not available: {why}; use --device auto or cpu"
+    assert read == []
     assert not out.exists()
     assert snapshot(tmp_path) == before
 
