@@ -145,13 +145,9 @@ def load_members(args: argparse.Namespace) -> tuple[list[ModelCard], list[Member
 
 
 def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[Member]) -> RunOptions:
-    """Run options from the command line (clean-up: the first named card's); checks the device and every network's
-    inference settings before any case is segmented."""
-    from .device import resolve_device
+    """Run options from the command line (clean-up: the first named card's); checks every network's inference settings."""
     from .pipeline import InferenceOptions, RunOptions, inference_settings, postprocess_options
     from .postprocess import PostprocessOptions
-
-    resolve_device(args.device)
 
     inference = InferenceOptions(
         mode=args.mode, axis=args.axis, window=tuple(args.window) if args.window else None, overlap=args.overlap, flips=args.tta
@@ -172,7 +168,13 @@ def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[
     return RunOptions(args.device, args.precision, inference, clean_up, args.probabilities)
 
 
-GPU_DEVICES = ("cuda", "mps")
+def require_named_gpu(device: str) -> None:
+    """A GPU named by ``--device`` (cuda, mps) must be there: checked before any input is read (InputError otherwise).
+    ``auto`` and ``cpu`` need no check here, so they do not import PyTorch before the inputs are being read."""
+    if device in ("cuda", "mps"):
+        from .device import resolve_device
+
+        resolve_device(device)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -187,10 +189,7 @@ def run_segment(args: argparse.Namespace) -> int:
         out = out or Path("brain-tumor-seg-output")
     if out is None:
         raise InputError("--out", "an output folder is required")
-    if args.device in GPU_DEVICES:  # a GPU asked for by name must be there before the inputs are read
-        from .device import resolve_device
-
-        resolve_device(args.device)
+    require_named_gpu(args.device)
     as_json = args.progress == "json"
     control = RunControl(json_lines(sys.stdout) if as_json else None)
     started = time.perf_counter()
@@ -303,6 +302,7 @@ def _add_batch_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else Shard()
+    require_named_gpu(args.device)
     cases = discover_cases(args.input, exclude=args.out)
     truths = None
     if args.truth is not None:
