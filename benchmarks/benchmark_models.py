@@ -21,54 +21,15 @@ whole run includes: a long-lived process (``batch``) saves about that much per c
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark_segment import time_startup
+from benchmark_segment import cpu_name, time_cli, time_startup
 
 from BrainTumorSeg.device import cpu_has_bf16
 from BrainTumorSeg.models.card import available_models
-
-
-@dataclass
-class Run:
-    whole: float
-    peak_gb: float
-    dice: dict[str, float]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def segment_sample(model: str, out: Path) -> Run:
-    """One new ``segment --sample`` process of ``model``: wall seconds, peak RSS, sample Dice."""
-    command = [sys.executable, "-m", "BrainTumorSeg.cli", "segment", "--sample", "--model", model]
-    command += ["--out", str(out), "--progress", "json"]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines = process.stdout.read().splitlines()
-    _, status, usage = os.wait4(process.pid, 0)
-    whole = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{model}: segment exited with {process.returncode}")
-    done = json.loads(lines[-1])
-    return Run(whole, usage.ru_maxrss / 1024**2, done["dice"])
 
 
 def main() -> None:
@@ -87,7 +48,7 @@ def main() -> None:
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for model in ids:
-            runs = [segment_sample(model, Path(tmp) / f"{model}-{i}") for i in range(args.repeats)]
+            runs = [time_cli(model, Path(tmp) / f"{model}-{i}") for i in range(args.repeats)]
             dice = runs[-1].dice
             print(
                 f"| `{model}` | {statistics.median(r.whole for r in runs):.1f} s "

@@ -29,13 +29,15 @@ import argparse
 import contextlib
 import csv
 import io
+import json
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +54,38 @@ from BrainTumorSeg.preprocess import prepare_oriented
 from BrainTumorSeg.resources import sample_case_dir
 
 
-def time_cli(model: str | None, out: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (GB) of one `brain-tumor-seg segment --sample` process."""
-    command = [sys.executable, "-m", "BrainTumorSeg.cli", "segment", "--sample", "--out", str(out)]
-    if model:
-        command += ["--model", model]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+@dataclass
+class CliRun:
+    """One ``segment --sample`` process: wall seconds from start to exit, its peak RSS (GB), Dice on the sample."""
+
+    whole: float
+    peak_gb: float
+    dice: dict[str, float]
+
+
+def time_cli(model: str | None, out: Path) -> CliRun:
+    """One new ``brain-tumor-seg segment --sample`` process of ``model`` (default: the default model)."""
+    command = [sys.executable, "-m", "BrainTumorSeg.cli", "segment", "--sample", "--out", str(out), "--progress", "json"]
+    command += ["--model", model] if model else []
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - started
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # max over children so far
-    return seconds, peak / 1024**2
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = process.stdout.read().splitlines()
+    _, status, usage = os.wait4(process.pid, 0)  # this process's own peak RSS
+    whole = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{model or 'default model'}: segment exited with {process.returncode}")
+    return CliRun(whole, usage.ru_maxrss / 1024**2, json.loads(lines[-1])["dice"])
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 STARTUP_IMPORTS = "import BrainTumorSeg.cli, BrainTumorSeg.pipeline, BrainTumorSeg.models.registry"
@@ -177,12 +200,12 @@ def main() -> None:
     args = parser.parse_args()
     card = get_model(args.model)
     print(
-        f"model {card.id}; {platform.processor() or platform.machine()}; torch {torch.__version__}, "
+        f"model {card.id}; {cpu_name()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; native bf16: {cpu_has_bf16()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         runs = [time_cli(args.model, Path(tmp) / f"run{i}") for i in range(args.repeats)]
-    cli = [seconds for seconds, _ in runs]
+    cli = [run.whole for run in runs]
     volume, truth = prepared_sample()
     per_network = [time_forward(args.model, volume) for _ in range(args.repeats)]
     forward = [sum(times) for times in per_network]
@@ -214,7 +237,7 @@ def main() -> None:
         f"batch, per case after the first:     {per_case:7.2f} s   cases: {', '.join(f'{t:.2f}' for t in cohort)}; "
         f"/ forward: {per_case / net:.2f}"
     )
-    print(f"peak RSS of a CLI run:               {max(gb for _, gb in runs):7.2f} GB (target <= 3 GB)")
+    print(f"peak RSS of a CLI run:               {max(run.peak_gb for run in runs):7.2f} GB (target <= 3 GB)")
     dense, patches, same, labels = twopath_dense_vs_patches(volume, truth)
     print(
         f"TwoPathCNN (shipped weights) 96x96 region around the tumor: dense {dense:.3f} s, patch by patch {patches:.2f} s, "
