@@ -13,6 +13,7 @@ tumor core TC = NCR + ET, enhancing tumor ET.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +116,7 @@ def detect_convention(labels: np.ndarray) -> str:
 
 def region_masks(internal: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean WT / TC / ET masks of an internal label map."""
-    return {name: np.isin(internal, members) for name, members in REGIONS.items()}
+    return {name: functools.reduce(np.logical_or, (internal == m for m in members)) for name, members in REGIONS.items()}
 
 
 def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndarray:
