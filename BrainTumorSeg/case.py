@@ -219,8 +219,9 @@ def _first_line(error: BaseException) -> str:
     return detail.removeprefix("Description: ").removeprefix("ITK ERROR: ")[:200]
 
 
-def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
-    """Validate a scalar 3D volume; returns its voxels as float32 (SimpleITK order)."""
+def checked_voxels(image: sitk.Image, path: str | Path) -> np.ndarray:
+    """Validate a scalar 3D volume; returns a view of its voxels in their stored type (SimpleITK order, no copy),
+    valid while ``image`` lives."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             path,
@@ -232,21 +233,27 @@ def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
         shape = "x".join(str(s) for s in size)
         dimension = sum(s > 1 for s in size)  # a single-slice 3D file is a 2D image
         raise InputError(path, f"image is {dimension}D (size {shape}); expected a 3D volume")
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
+    voxels = sitk.GetArrayViewFromImage(image)
+    if voxels.dtype.kind in "fc" and not np.isfinite(voxels).all():  # integer voxels are always finite
         raise InputError(path, "image contains NaN or infinite voxel values")
-    if not array.any():
+    if not voxels.any():
         raise InputError(path, "image is all zeros")
-    return array
+    return voxels
+
+
+def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
+    """Validate a scalar 3D volume (:func:`checked_voxels`); returns its voxels as a float32 copy (SimpleITK order)."""
+    return checked_voxels(image, path).astype(np.float32)
 
 
 def _read_volume(path: str | Path) -> tuple[sitk.Image, np.ndarray]:
     image = read_image(path)
-    return image, check_volume(image, path)
+    return image, checked_voxels(image, path)
 
 
 def read_volumes(paths: Mapping[str, str | Path]) -> tuple[dict[str, sitk.Image], dict[str, np.ndarray]]:
-    """Read and check several volumes at once (decompression and ITK release the GIL); errors in ``paths`` order."""
+    """Read and check several volumes at once (decompression and ITK release the GIL); errors in ``paths`` order.
+    The arrays are views of the images' voxels in their stored type (:func:`checked_voxels`)."""
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
         futures = {key: pool.submit(_read_volume, path) for key, path in paths.items()}
         results = {key: future.result() for key, future in futures.items()}
@@ -258,21 +265,22 @@ def load_case(paths: Mapping[str, str | Path]) -> Case:
     missing = [m for m in MODALITIES if not paths.get(m)]
     if missing:
         raise InputError("inputs", f"missing {', '.join(DISPLAY_NAMES[m] for m in missing)} image")
-    images, arrays = read_volumes({m: paths[m] for m in MODALITIES})
+    images, voxels = read_volumes({m: paths[m] for m in MODALITIES})
     reference = images[REFERENCE_MODALITY]
+    data = np.empty((len(MODALITIES), *voxels[REFERENCE_MODALITY].shape), dtype=np.float32)
     resampled = []
-    for modality in MODALITIES:
+    for channel, modality in enumerate(MODALITIES):
         image = images[modality]
         if same_grid(image, reference):
+            data[channel] = voxels[modality]  # converted to float32 as it is copied: one pass, no temporary
             continue
         if overlap_fraction(image, reference) <= 0.0:
             raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")
         moved = resample_to(sitk.Cast(image, sitk.sitkFloat32), reference)
-        arrays[modality] = sitk.GetArrayFromImage(moved)
-        if not arrays[modality].any():
+        data[channel] = sitk.GetArrayViewFromImage(moved)
+        if not data[channel].any():
             raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")
         resampled.append(modality)
-    data = np.stack([arrays[m] for m in MODALITIES]).astype(np.float32, copy=False)
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
     return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled)
