@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import SimpleITK as sitk
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .atomic import write_csv
 from .batch import DONE, FAILED, SEGMENTED, ProgressBar, Shard, discover_cases, parse_shard, run_batch, terminate_as_exit
 from .case import MODALITIES, NAME_SUFFIXES, Case, image_extension, read_truth, resolve_inputs, truth_file
@@ -441,6 +442,8 @@ def console_main() -> None:
     normal exit (its process group and checkpoints close in their own code, but torchrun watches the exit).
     """
     argv = sys.argv[1:]
+    if argv[:1] != ["train"]:  # a training run's memory was not measured with it; it keeps glibc's default
+        keep_freed_memory()
     code = main(argv)
     if argv[:1] == ["train"]:
         raise SystemExit(code)

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from BrainTumorSeg.allocator import keep_freed_memory
 from BrainTumorSeg.case import MODALITIES, read_truth, resolve_inputs, truth_file
 from BrainTumorSeg.device import autocast_dtype, cpu_has_bf16
 from BrainTumorSeg.geometry import Reorientation
@@ -199,9 +200,10 @@ def main() -> None:
     parser.add_argument("--skip-segresnet", action="store_true", help="skip the MONAI SegResNet reference (minutes)")
     args = parser.parse_args()
     card = get_model(args.model)
+    kept = keep_freed_memory()  # as the CLI does, so the forward here runs on the allocator the CLI's does
     print(
         f"model {card.id}; {cpu_name()}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; native bf16: {cpu_has_bf16()}"
+        f"{torch.get_num_threads()} threads; native bf16: {cpu_has_bf16()}; freed memory kept (glibc): {kept}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         runs = [time_cli(args.model, Path(tmp) / f"run{i}") for i in range(args.repeats)]
