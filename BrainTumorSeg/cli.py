@@ -40,6 +40,7 @@ from .export import check_writable
 from .labels import CONVENTIONS
 from .metrics import region_dice
 from .models.card import AXES, FLIPS, MODES, ModelCard, available_models, get_model
+from .preprocess import Prepared, prepare_case
 from .progress import Cancelled, RunControl, json_lines
 from .resources import sample_case_dir
 
@@ -196,11 +197,12 @@ def run_segment(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     control.report("load", 0, 1, "reading the model(s) and the four volumes")
 
-    # The volumes (and the ground truth) are read (I/O and decompression, which release the GIL) while
-    # PyTorch is imported and the model loaded; errors still surface in the order: model, then inputs.
-    def read_inputs() -> tuple[Case, np.ndarray | None]:
+    # The volumes (and the ground truth) are read and prepared for the networks (I/O, decompression and numpy,
+    # which release the GIL) while PyTorch is imported and the model loaded; errors still surface in the order:
+    # model, then inputs.
+    def read_inputs() -> tuple[Case, np.ndarray | None, Prepared]:
         case = resolve_inputs(input_path, **files)
-        return case, (read_truth(truth, case.reference) if truth else None)
+        return case, (read_truth(truth, case.reference) if truth else None), prepare_case(case)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         reading = pool.submit(read_inputs)
@@ -210,14 +212,14 @@ def run_segment(args: argparse.Namespace) -> int:
         except BaseException:
             reading.cancel()
             raise
-        case, truth_labels = reading.result()
+        case, truth_labels, prepared = reading.result()
     control.report("load", 1, 1, "read the model(s) and the four volumes")
     case_id = case_id_of(input_path, files["t1ce"])
     from .pipeline import segment_to_folder
 
     with terminate_as_exit():
         result, paths = segment_to_folder(
-            case, members, out, case_id, args.labels, options, control, args.report, model_id=models_name(cards)
+            case, members, out, case_id, args.labels, options, control, args.report, models_name(cards), prepared
         )
     seconds = time.perf_counter() - started
     volumes = json.loads(paths["volumes"].read_text())["volumes_ml"]

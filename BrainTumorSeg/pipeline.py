@@ -27,7 +27,7 @@ from .inference import Progress, predict_slices, predict_window, predict_with_fl
 from .models.card import AXES, FLIPS, MODES, ModelCard
 from .models.ensemble import member_cards
 from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
-from .preprocess import prepare_oriented
+from .preprocess import Prepared, prepare_case
 from .probabilities import as_classes, average
 from .progress import RunControl
 
@@ -181,9 +181,14 @@ def _offset_progress(for_pass: Callable[[int], Progress], offset: int, index: in
 
 
 def segment(
-    case: Case, members: Sequence[Member], options: RunOptions | None = None, control: RunControl | None = None
+    case: Case,
+    members: Sequence[Member],
+    options: RunOptions | None = None,
+    control: RunControl | None = None,
+    prepared: Prepared | None = None,
 ) -> Segmentation:
-    """Segment ``case`` with one model or the mean of several; reports progress and honours cancel through ``control``."""
+    """Segment ``case`` with one model or the mean of several; reports progress and honours cancel through ``control``.
+    ``prepared`` is :func:`preprocess.prepare_case` of this case when it was made ahead (made here otherwise)."""
     options = options or RunOptions()
     control = control or RunControl()
     cards = [m.card for m in members]
@@ -199,7 +204,7 @@ def segment(
     ]
     for_pass = control.steps("predict", len(names), lambda i: names[i])
     control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
-    prepared = prepare_oriented(case.data, orientation)  # channels in MODALITIES order; one brain mask and crop
+    prepared = prepared if prepared is not None else prepare_case(case)  # channels in MODALITIES order; one brain mask and crop
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
         order = [MODALITIES.index(m) for m in member.card.modalities]
@@ -264,6 +269,7 @@ def segment_to_folder(
     control: RunControl | None = None,
     report: bool = False,
     model_id: str | None = None,
+    prepared: Prepared | None = None,
 ) -> tuple[Segmentation, dict[str, Path]]:
     """Segment a case and write its outputs (:func:`export.write_outputs`) into ``out``; returns the result and paths.
 
@@ -271,11 +277,12 @@ def segment_to_folder(
     failed, cancelled or killed run leaves nothing behind. With ``report`` a PNG of the result
     (:func:`report.write_case_report`) is written with the other outputs; with
     ``options.probabilities`` the class probabilities and an uncertainty map. ``model_id`` is recorded
-    with the outputs (default: the networks' ids joined by ``+``; an ensemble card passes its own).
+    with the outputs (default: the networks' ids joined by ``+``; an ensemble card passes its own). ``prepared``:
+    as for :func:`segment`.
     """
     control = control or RunControl()
     check_writable(out, keep=False)
-    result = segment(case, members, options, control)
+    result = segment(case, members, options, control, prepared)
     control.report("write", 0, 1, f"writing outputs to {out}")
     extras: dict[str, tuple[str, Callable[[Path], None]]] = {}
     model_id = model_id or "+".join(result.models)

@@ -7,10 +7,14 @@ BraTS volumes are skull-stripped, so the brain is where any sequence is non-zero
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .geometry import Reorientation
+
+if TYPE_CHECKING:
+    from .case import Case
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,9 @@ def prepare_oriented(source: np.ndarray, orientation: Reorientation, margin: int
     canonical_mask = orientation.to_canonical(mask[box.slices])
     data = zscore(orientation.to_canonical(source[(slice(None), *box.slices)]), canonical_mask)
     return Prepared(data, canonical_mask, Crop(*orientation.box_to_canonical(box.box, box.full_shape)))
+
+
+def prepare_case(case: Case, margin: int = 2) -> Prepared:
+    """The network input of a loaded case: :func:`prepare_oriented` of its four channels, reoriented from its
+    reference grid (no PyTorch, so it can run while PyTorch is imported or another case is segmented)."""
+    return prepare_oriented(case.data, Reorientation.of(case.reference), margin)
