@@ -170,6 +170,21 @@ def test_batch_isolates_a_failing_case_and_writes_volumes_and_metrics(cohort, mo
             assert float(rows[case][column]) == pytest.approx(float(evaluated[case][column])), column
 
 
+def test_batch_segments_each_case_exactly_as_segment_does(cohort, models_dir, tmp_path):
+    """Each case's label map from `batch` (one process, the model loaded once) equals `segment`'s of that case."""
+    out = tmp_path / "batch"
+    assert main(batch_args(cohort, out, models_dir)) == 1  # Broken_case fails
+    cases = [c for c in sorted(p.name for p in cohort.iterdir()) if c != "Broken_case"]
+    for case in cases:
+        single = tmp_path / case
+        arguments = ["segment", "--input", str(cohort / case), "--out", str(single), "--models-dir", str(models_dir)]
+        assert main([*arguments, "--model", MODEL_ID]) == 0
+        batch_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / case / f"{case}_seg.nii.gz")))
+        single_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(single / f"{case}_seg.nii.gz")))
+        assert np.array_equal(batch_labels, single_labels), case
+    assert len({(out / c / f"{c}_seg.nii.gz").read_bytes() for c in cases}) == len(cases)  # three different cases
+
+
 def test_killed_run_resumes_without_redoing_finished_cases(cohort, models_dir, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
