@@ -219,9 +219,8 @@ def _first_line(error: BaseException) -> str:
     return detail.removeprefix("Description: ").removeprefix("ITK ERROR: ")[:200]
 
 
-def checked_voxels(image: sitk.Image, path: str | Path) -> np.ndarray:
-    """Validate a scalar 3D volume; returns a view of its voxels in their stored type (SimpleITK order, no copy),
-    valid while ``image`` lives."""
+def check_image(image: sitk.Image, path: str | Path) -> None:
+    """InputError unless ``image`` is a scalar 3D volume with finite voxels (within float32's range), not all zero."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             path,
@@ -233,31 +232,33 @@ def checked_voxels(image: sitk.Image, path: str | Path) -> np.ndarray:
         shape = "x".join(str(s) for s in size)
         dimension = sum(s > 1 for s in size)  # a single-slice 3D file is a 2D image
         raise InputError(path, f"image is {dimension}D (size {shape}); expected a 3D volume")
-    voxels = sitk.GetArrayViewFromImage(image)
-    if voxels.dtype.kind in "fc" and not np.isfinite(voxels).all():  # integer voxels are always finite
-        raise InputError(path, "image contains NaN or infinite voxel values")
+    voxels = sitk.GetArrayViewFromImage(image)  # no copy; used only while ``image`` is alive, here
+    if voxels.dtype.kind in "fc":  # integer voxels are always finite
+        if not np.isfinite(voxels).all():
+            raise InputError(path, "image contains NaN or infinite voxel values")
+        if voxels.dtype.itemsize > 4 and float(np.abs(voxels).max()) > float(np.finfo(np.float32).max):
+            raise InputError(path, "image has voxel values beyond the float32 range")
     if not voxels.any():
         raise InputError(path, "image is all zeros")
-    return voxels
 
 
 def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
-    """Validate a scalar 3D volume (:func:`checked_voxels`); returns its voxels as a float32 copy (SimpleITK order)."""
-    return checked_voxels(image, path).astype(np.float32)
+    """Validate a scalar 3D volume (:func:`check_image`); returns its voxels as float32 (SimpleITK order)."""
+    check_image(image, path)
+    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
 
 
-def _read_volume(path: str | Path) -> tuple[sitk.Image, np.ndarray]:
+def _read_volume(path: str | Path) -> sitk.Image:
     image = read_image(path)
-    return image, checked_voxels(image, path)
+    check_image(image, path)
+    return image
 
 
-def read_volumes(paths: Mapping[str, str | Path]) -> tuple[dict[str, sitk.Image], dict[str, np.ndarray]]:
-    """Read and check several volumes at once (decompression and ITK release the GIL); errors in ``paths`` order.
-    The arrays are views of the images' voxels in their stored type (:func:`checked_voxels`)."""
+def read_volumes(paths: Mapping[str, str | Path]) -> dict[str, sitk.Image]:
+    """Read and check several volumes at once (decompression and ITK release the GIL); errors in ``paths`` order."""
     with ThreadPoolExecutor(max_workers=len(paths)) as pool:
         futures = {key: pool.submit(_read_volume, path) for key, path in paths.items()}
-        results = {key: future.result() for key, future in futures.items()}
-    return {k: r[0] for k, r in results.items()}, {k: r[1] for k, r in results.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def load_case(paths: Mapping[str, str | Path]) -> Case:
@@ -265,14 +266,14 @@ def load_case(paths: Mapping[str, str | Path]) -> Case:
     missing = [m for m in MODALITIES if not paths.get(m)]
     if missing:
         raise InputError("inputs", f"missing {', '.join(DISPLAY_NAMES[m] for m in missing)} image")
-    images, voxels = read_volumes({m: paths[m] for m in MODALITIES})
+    images = read_volumes({m: paths[m] for m in MODALITIES})
     reference = images[REFERENCE_MODALITY]
-    data = np.empty((len(MODALITIES), *voxels[REFERENCE_MODALITY].shape), dtype=np.float32)
+    data = np.empty((len(MODALITIES), *reversed(reference.GetSize())), dtype=np.float32)
     resampled = []
     for channel, modality in enumerate(MODALITIES):
         image = images[modality]
         if same_grid(image, reference):
-            data[channel] = voxels[modality]  # converted to float32 as it is copied: one pass, no temporary
+            data[channel] = sitk.GetArrayViewFromImage(image)  # stored type -> float32 in one copy, no temporary
             continue
         if overlap_fraction(image, reference) <= 0.0:
             raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")

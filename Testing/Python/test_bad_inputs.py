@@ -456,6 +456,17 @@ def test_check_volume_non_finite(tmp_path, sub_volumes, value, ext):
     assert str(raises_input_error(check_volume, image, path)) == expected
 
 
+def test_check_volume_beyond_float32(tmp_path, sub_volumes):
+    """A float64 file with finite values that float32, the type the networks read, cannot hold."""
+    array = sitk.GetArrayFromImage(sub_volumes["t2"]).astype(np.float64)
+    array[10, 20, 30] = 1e39
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(sub_volumes["t2"])
+    path = write(image, tmp_path / "case_t2.nrrd")
+    expected = f"{path}: image has voxel values beyond the float32 range"
+    assert str(raises_input_error(check_volume, read_image(path), path)) == expected
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nii.bz2"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

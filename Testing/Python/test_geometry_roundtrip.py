@@ -121,6 +121,35 @@ def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sampl
     assert np.corrcoef(original[brain], resampled[brain])[0, 1] > 0.9
 
 
+def test_every_stored_voxel_type_reads_as_its_float32_values(tmp_path, sample_dir, sample_case):
+    """Volumes stored as uint8, uint16, float64 and int16 (the sample's) come into the case as exactly their values in
+    float32, each on its channel, with the T2 also on another grid (resampled, as above)."""
+    folder = tmp_path / "types"
+    folder.mkdir()
+    stored = {"t1": sitk.sitkUInt8, "t1ce": sitk.sitkInt16, "t2": sitk.sitkFloat64, "flair": sitk.sitkUInt16}
+    expected = {}
+    for modality in MODALITIES:
+        image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
+        if modality == "t1":
+            image = sitk.RescaleIntensity(image, 0, 255)
+        image = sitk.Cast(image, stored[modality])
+        if modality == "t2":  # shifted by half a voxel: resampled onto the T1ce grid
+            image.SetOrigin(image.TransformContinuousIndexToPhysicalPoint((0.5, 0.5, 0.5)))
+        sitk.WriteImage(image, str(folder / f"types_{modality}.nii.gz"))
+        expected[modality] = sitk.GetArrayFromImage(image).astype(np.float32)
+    case = resolve_inputs(folder)
+    assert case.resampled == ["t2"]
+    assert case.data.dtype == np.float32 and case.data.shape == (4, *sample_case.data.shape[1:])
+    for channel, modality in enumerate(MODALITIES):
+        if modality != "t2":
+            assert np.array_equal(case.data[channel], expected[modality]), modality
+    t1ce = MODALITIES.index("t1ce")
+    assert np.array_equal(case.data[t1ce], sample_case.data[t1ce])
+    t2 = MODALITIES.index("t2")
+    brain = sample_case.data[t2] > 0
+    assert np.corrcoef(sample_case.data[t2][brain], case.data[t2][brain])[0, 1] > 0.9
+
+
 @pytest.mark.parametrize(
     "orientation",
     [
