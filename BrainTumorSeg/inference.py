@@ -61,19 +61,22 @@ def predict_slices(
     network = network.to(device).eval()
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     network = network.to(memory_format=memory_format)
-    probabilities: torch.Tensor | None = None  # (K, x, y, z), contiguous: what averaging and labelling read fastest
     total = slices.shape[0]
+    if total == 0:
+        raise ValueError(f"volume {tuple(volume.shape)} has no {axis} slice")
+    probabilities = torch.empty(0)  # (K, x, y, z), contiguous: what averaging and labelling read fastest
     for start in range(0, total, batch_size):
         index = torch.arange(start, min(start + batch_size, total))
         batch = context_stack(slices, index, context).to(device).contiguous(memory_format=memory_format)
         with autocast(device, dtype):
             scores = network(batch)
-        if probabilities is None:
-            probabilities = torch.empty((scores.shape[1], *data.shape[1:]))
+        if scores.shape[2:] != batch.shape[2:]:
+            raise ValueError(f"the network maps {tuple(batch.shape[2:])} slices to {tuple(scores.shape[2:])} outputs")
+        if start == 0:
+            probabilities = torch.empty((scores.shape[1], *data.shape[1:]), dtype=torch.float32)
         probabilities.movedim(1 + axis_index, 0)[start : start + len(index)] = activate(scores.float(), output_type).cpu()
         if progress:
             progress(int(index[-1]) + 1, total)
-    assert probabilities is not None, "a volume has at least one slice"
     return probabilities.numpy()
 
 
