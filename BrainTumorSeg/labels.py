@@ -116,7 +116,8 @@ def detect_convention(labels: np.ndarray) -> str:
 
 def region_masks(internal: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean WT / TC / ET masks of an internal label map."""
-    return {name: functools.reduce(np.logical_or, (internal == m for m in members)) for name, members in REGIONS.items()}
+    masks = {label: internal == label for label in {m for members in REGIONS.values() for m in members}}
+    return {name: functools.reduce(np.logical_or, (masks[m] for m in members)) for name, members in REGIONS.items()}
 
 
 def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndarray:
