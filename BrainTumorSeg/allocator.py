@@ -1,13 +1,17 @@
 """Keep freed memory in the process for reuse (glibc), so large arrays do not fault in fresh pages every time.
 
-glibc's malloc serves every block above 32 MB (its largest mmap threshold) with a fresh ``mmap`` and gives it back on
-``free``. A segmentation allocates and frees hundreds of MB in such blocks (the four volumes, each network's
-probabilities, PyTorch's activations), and the kernel zero-fills every page of each new mapping on first touch.
-Serving them from the heap and never trimming it lets the next array reuse those pages. On the sample case with the
-default model (benchmarks/benchmark_segment.py, Intel Xeon, 2 threads) the networks' forward went from 1.45 to 1.20 s,
-the whole CLI run from 3.11 to 2.88 s, the same run in a warm process from 2.11 to 1.58 s and a batch case from 1.76
-to 1.44 s, for 0.16 GB more peak RSS (1.07 GB). PyTorch's CPU performance tuning guide recommends a caching allocator
-(jemalloc, tcmalloc) for this reason; ``mallopt`` gets the effect from the allocator already loaded.
+glibc's malloc serves a block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it back on
+``free``. Inference and training allocate and free many such blocks (each network's probabilities, PyTorch's
+activations and gradients), and the kernel zero-fills every page of each new mapping on first touch. Serving them
+from the heap and never trimming it lets the next array reuse those pages. This covers the main thread, where the
+networks run; a thread's own arena still maps a block above 64 MB (the 143 MB four-channel case that `segment`'s
+reading thread allocates, for one).
+
+Measured on the DESIGN's Intel Xeon (2 threads, bf16): the default model's forward on the sample case 1.45 -> 1.20 s,
+the same run in a warm process 2.11 -> 1.58 s (benchmarks/benchmark_segment.py); a training step of unet2d 1.12 ->
+0.83 s and of segresnet 1.92 -> 1.29 s (benchmarks/benchmark_training_recipe.py). Peak RSS is 0.1-0.4 GB higher.
+PyTorch's CPU performance tuning guide recommends a caching allocator (jemalloc, tcmalloc) for this reason;
+``mallopt`` gets the effect from the allocator already loaded.
 """
 
 from __future__ import annotations

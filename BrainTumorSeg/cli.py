@@ -218,8 +218,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from .pipeline import segment_to_folder
 
     with terminate_as_exit():
+        model_id = models_name(cards)
         result, paths = segment_to_folder(
-            case, members, out, case_id, args.labels, options, control, args.report, models_name(cards), prepared
+            case, members, out, case_id, args.labels, options, control, args.report, model_id=model_id, prepared=prepared
         )
     seconds = time.perf_counter() - started
     volumes = json.loads(paths["volumes"].read_text())["volumes_ml"]
@@ -444,8 +445,7 @@ def console_main() -> None:
     normal exit (its process group and checkpoints close in their own code, but torchrun watches the exit).
     """
     argv = sys.argv[1:]
-    if argv[:1] != ["train"]:  # a training run's memory was not measured with it; it keeps glibc's default
-        keep_freed_memory()
+    keep_freed_memory()
     code = main(argv)
     if argv[:1] == ["train"]:
         raise SystemExit(code)

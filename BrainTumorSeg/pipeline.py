@@ -205,6 +205,8 @@ def segment(
     for_pass = control.steps("predict", len(names), lambda i: names[i])
     control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
     prepared = prepared if prepared is not None else prepare_case(case)  # channels in MODALITIES order; one brain mask and crop
+    if prepared.crop.full_shape != tuple(case.data.shape[1 + a] for a in orientation.source_axis):
+        raise ValueError(f"the prepared input (grid {prepared.crop.full_shape}) is not of this case")
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
         order = [MODALITIES.index(m) for m in member.card.modalities]
