@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--skip-segresnet", action="store_true", help="skip the MONAI SegResNet reference (minutes)")
     args = parser.parse_args()
     card = get_model(args.model)
-    kept = keep_freed_memory()  # as the CLI does, so the forward here runs on the allocator the CLI's does
+    kept = keep_freed_memory()  # as the CLI does, so the forward here is timed with the CLI's allocator setting
     print(
         f"model {card.id}; {cpu_name()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; native bf16: {cpu_has_bf16()}; freed memory kept (glibc): {kept}"
