@@ -8,8 +8,8 @@ networks run; a thread's own arena still maps a block above 64 MB (the 143 MB fo
 reading thread allocates, for one).
 
 Measured on the DESIGN's Intel Xeon (2 threads, bf16): the default model's forward on the sample case 1.45 -> 1.20 s,
-the same run in a warm process 2.11 -> 1.58 s (benchmarks/benchmark_segment.py); a training step of unet2d 1.12 ->
-0.83 s and of segresnet 1.92 -> 1.29 s (benchmarks/benchmark_training_recipe.py). Peak RSS is 0.1-0.4 GB higher.
+the same run in a warm process 2.11 -> 1.58 s (benchmarks/benchmark_segment.py); a training step of segresnet 1.56-1.87
+-> 1.19 s, of unet2d 0.85-0.88 -> 0.82-0.83 s (benchmarks/benchmark_training_recipe.py). Peak RSS is 0.1-0.4 GB higher.
 PyTorch's CPU performance tuning guide recommends a caching allocator (jemalloc, tcmalloc) for this reason;
 ``mallopt`` gets the effect from the allocator already loaded.
 """

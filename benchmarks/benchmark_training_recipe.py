@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from BrainTumorSeg.allocator import keep_freed_memory
 from BrainTumorSeg.havaei_training import load_first_cnn
 from BrainTumorSeg.losses import Loss
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, ModelCard
@@ -78,10 +79,11 @@ def main() -> None:
     parser.add_argument("--validate", action="store_true", help="also time one validation case")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
+    kept = keep_freed_memory()  # as `brain-tumor-seg train` does
     split = json.loads(args.split.read_text())
     cases = [load_training_case(args.data / c, args.cache, "brats2017") for c in split["train"][: args.cases]]
     validation = load_training_case(args.data / split["validation"][0], args.cache, "brats2017")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; freed memory kept (glibc): {kept}")
     for architecture in args.architectures:
         seconds, network, card = step_seconds(architecture, cases, args.steps, args.tmp)
         _, recipe = card_of(architecture)
