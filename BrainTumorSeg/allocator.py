@@ -4,12 +4,13 @@ glibc's malloc serves a block above its mmap threshold (at most 32 MB) with a fr
 ``free``. Inference and training allocate and free many such blocks (each network's probabilities, PyTorch's
 activations and gradients), and the kernel zero-fills every page of each new mapping on first touch. Serving them
 from the heap and never trimming it lets the next array reuse those pages. This covers the main thread, where the
-networks run; a thread's own arena still maps a block above 64 MB (the 143 MB four-channel case that `segment`'s
-reading thread allocates, for one).
+networks run; a thread's own arena still maps a block above 64 MB (the 143 MB four-channel case that the CLI's
+`segment` command allocates in its reading thread, for one).
 
-Measured on the DESIGN's Intel Xeon (2 threads, bf16): the default model's forward on the sample case 1.45 -> 1.20 s,
-the same run in a warm process 2.11 -> 1.58 s (benchmarks/benchmark_segment.py); a training step of segresnet 1.56-1.87
--> 1.19 s, of unet2d 0.85-0.88 -> 0.82-0.83 s (benchmarks/benchmark_training_recipe.py). Peak RSS is 0.1-0.4 GB higher.
+Measured on the DESIGN's Intel Xeon (2 threads): the default model's forward on the sample case (bf16) 1.45 -> 1.20 s,
+the same run in a warm process 2.11 -> 1.58 s (benchmarks/benchmark_segment.py); fp32 training steps of segresnet
+1.87 -> 1.28 s, twopathcnn 1.18 -> 0.88 s, unet2d 0.84 -> 0.79 s (benchmarks/benchmark_training_recipe.py, the table
+in training/README.md). Peak RSS is 0.1-0.2 GB higher.
 PyTorch's CPU performance tuning guide recommends a caching allocator (jemalloc, tcmalloc) for this reason;
 ``mallopt`` gets the effect from the allocator already loaded.
 """

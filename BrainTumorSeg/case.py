@@ -236,7 +236,7 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
     if voxels.dtype.kind in "fc":  # integer voxels are always finite
         if not np.isfinite(voxels).all():
             raise InputError(path, "image contains NaN or infinite voxel values")
-        if voxels.dtype.itemsize > 4 and float(np.abs(voxels).max()) > float(np.finfo(np.float32).max):
+        if voxels.dtype.itemsize > 4 and max(float(voxels.max()), -float(voxels.min())) > float(np.finfo(np.float32).max):
             raise InputError(path, "image has voxel values beyond the float32 range")
     if not voxels.any():
         raise InputError(path, "image is all zeros")
@@ -245,7 +245,7 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
 def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
     """Validate a scalar 3D volume (:func:`check_image`); returns its voxels as float32 (SimpleITK order)."""
     check_image(image, path)
-    return sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32)  # one copy, made while ``image`` is alive
 
 
 def _read_volume(path: str | Path) -> sitk.Image:

@@ -70,8 +70,8 @@ def predict_slices(
         batch = context_stack(slices, index, context).to(device).contiguous(memory_format=memory_format)
         with autocast(device, dtype):
             scores = network(batch)
-        if scores.shape[2:] != batch.shape[2:]:
-            raise ValueError(f"the network maps {tuple(batch.shape[2:])} slices to {tuple(scores.shape[2:])} outputs")
+        if scores.shape[0] != batch.shape[0] or scores.shape[2:] != batch.shape[2:]:
+            raise ValueError(f"the network maps slices {tuple(batch.shape)} to {tuple(scores.shape)}, not one output per slice")
         if start == 0:
             probabilities = torch.empty((scores.shape[1], *data.shape[1:]), dtype=torch.float32)
         probabilities.movedim(1 + axis_index, 0)[start : start + len(index)] = activate(scores.float(), output_type).cpu()

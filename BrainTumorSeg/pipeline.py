@@ -203,10 +203,11 @@ def segment(
         for f in range(1 + len(FLIPS[s["flips"]]))
     ]
     for_pass = control.steps("predict", len(names), lambda i: names[i])
+    canonical_shape = tuple(case.data.shape[1 + a] for a in orientation.source_axis)
+    if prepared is not None and prepared.crop.full_shape != canonical_shape:
+        raise ValueError(f"the prepared input's shape {prepared.crop.full_shape} is not the case's {canonical_shape}")
     control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
     prepared = prepared if prepared is not None else prepare_case(case)  # channels in MODALITIES order; one brain mask and crop
-    if prepared.crop.full_shape != tuple(case.data.shape[1 + a] for a in orientation.source_axis):
-        raise ValueError(f"the prepared input (grid {prepared.crop.full_shape}) is not of this case")
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
         order = [MODALITIES.index(m) for m in member.card.modalities]

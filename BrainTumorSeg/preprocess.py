@@ -93,5 +93,5 @@ def prepare_oriented(source: np.ndarray, orientation: Reorientation, margin: int
 
 def prepare_case(case: Case, margin: int = 2) -> Prepared:
     """The network input of a loaded case: :func:`prepare_oriented` of its four channels, reoriented from its
-    reference grid (no PyTorch, so `segment` runs it while PyTorch is imported)."""
+    reference grid (no PyTorch, so the CLI's `segment` command runs it while PyTorch is imported)."""
     return prepare_oriented(case.data, Reorientation.of(case.reference), margin)

@@ -456,15 +456,25 @@ def test_check_volume_non_finite(tmp_path, sub_volumes, value, ext):
     assert str(raises_input_error(check_volume, image, path)) == expected
 
 
+def beyond_float32(image: sitk.Image) -> sitk.Image:
+    """``image`` as float64 with one finite value that float32, the type the networks read, cannot hold."""
+    array = sitk.GetArrayFromImage(image).astype(np.float64)
+    array[10, 20, 30] = -1e39
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
 def test_check_volume_beyond_float32(tmp_path, sub_volumes):
-    """A float64 file with finite values that float32, the type the networks read, cannot hold."""
-    array = sitk.GetArrayFromImage(sub_volumes["t2"]).astype(np.float64)
-    array[10, 20, 30] = 1e39
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(sub_volumes["t2"])
-    path = write(image, tmp_path / "case_t2.nrrd")
+    path = write(beyond_float32(sub_volumes["t2"]), tmp_path / "case_t2.nrrd")
     expected = f"{path}: image has voxel values beyond the float32 range"
     assert str(raises_input_error(check_volume, read_image(path), path)) == expected
+
+
+def test_a_case_with_a_volume_beyond_float32_is_refused(tmp_path, sub_volumes):
+    folder = write_case(tmp_path / "case", sub_volumes, replace={"flair": beyond_float32(sub_volumes["flair"])})
+    expected = f"{folder / NAMES['flair']}: image has voxel values beyond the float32 range"
+    assert str(raises_input_error(resolve_inputs, folder)) == expected
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])

@@ -136,6 +136,12 @@ def test_3d_window_progress_counts_every_window(models, prepared_sample):
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
+def test_a_case_prepared_from_another_case_is_refused(small_case, unet_card, unet_network, prepared_sample):
+    shape = r"\(\d+, \d+, \d+\)"
+    with pytest.raises(ValueError, match=rf"^the prepared input's shape {shape} is not the case's {shape}$"):
+        segment(small_case, [Member(unet_card, unet_network)], RunOptions("cpu", "fp32"), prepared=prepared_sample)
+
+
 def test_ensemble_of_one_model_equals_that_model(small_case, unet_card, unet_network, small_labels):
     assert small_labels[small_labels == 3].size > 1000  # the crop holds the tumor
     one = segment(small_case, [Member(unet_card, unet_network)], RunOptions("cpu", "fp32"))

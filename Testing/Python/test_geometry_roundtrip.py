@@ -122,11 +122,11 @@ def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sampl
 
 
 def test_every_stored_voxel_type_reads_as_its_float32_values(tmp_path, sample_dir, sample_case):
-    """Volumes stored as uint8, uint16, float64 and int16 (the sample's) come into the case as exactly their values in
-    float32, each on its channel, with the T2 also on another grid (resampled, as above)."""
+    """Volumes stored as uint8, float64, int16 (the sample's) and uint16 come into the case as exactly their values in
+    float32, each on its channel; the uint16 T2 is also on another grid (resampled, as above)."""
     folder = tmp_path / "types"
     folder.mkdir()
-    stored = {"t1": sitk.sitkUInt8, "t1ce": sitk.sitkInt16, "t2": sitk.sitkFloat64, "flair": sitk.sitkUInt16}
+    stored = {"t1": sitk.sitkUInt8, "t1ce": sitk.sitkInt16, "t2": sitk.sitkUInt16, "flair": sitk.sitkFloat64}
     expected = {}
     for modality in MODALITIES:
         image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))

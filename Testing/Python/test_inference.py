@@ -39,6 +39,32 @@ def test_context_stack_orders_offsets_then_channels_and_repeats_edges():
     assert stacked[:, :, 0, 0].tolist() == [[0, 0, 0, 0, 1, 1], [1, 1, 2, 2, 3, 3], [3, 3, 4, 4, 4, 4]]
 
 
+class Cut(torch.nn.Module):
+    """A stand-in network whose output is a cut of its input (4 channels)."""
+
+    def __init__(self, cut: slice) -> None:
+        super().__init__()
+        self.cut = cut
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        return slices[self.cut]
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [(slice(0, 1), slice(0, 4)), (slice(None), slice(0, 4), slice(None), slice(0, 1))],
+    ids=["one-output-per-batch", "one-pixel-wide"],
+)
+def test_a_network_without_one_output_per_slice_is_a_clear_error(volume, cut):
+    with pytest.raises(ValueError, match=r"^the network maps slices \(16, 12, \d+, \d+\) to .*, not one output per slice$"):
+        predict_slices(Cut(cut), volume, "axial", context=1)
+
+
+def test_a_volume_without_slices_is_a_clear_error(tiny_network, volume):
+    with pytest.raises(ValueError, match=r"^volume \(4, \d+, \d+, 0\) has no axial slice$"):
+        predict_slices(tiny_network, volume[..., :0], "axial", context=1)
+
+
 def test_batch_size_does_not_change_the_result(tiny_network, volume):
     one = predict_slices(tiny_network, volume, "axial", context=1, batch_size=40)
     many = predict_slices(tiny_network, volume, "axial", context=1, batch_size=7)
