@@ -24,8 +24,9 @@ import SimpleITK as sitk
 
 from .case import image_extension, modality_of, read_image
 from .errors import InputError
+from .export import volumes_ml
 from .geometry import same_grid
-from .labels import CONVENTIONS, REGIONS, detect_convention, from_convention, region_masks
+from .labels import CONVENTIONS, REGIONS, detect_convention, from_convention
 from .metrics import METRICS, region_metrics
 
 LABEL_SUFFIXES: tuple[str, ...] = ("_seg", "-seg")
@@ -164,8 +165,9 @@ def array_spacing(image: sitk.Image) -> tuple[float, ...]:
 
 
 def region_volumes(internal: np.ndarray, voxel_ml: float) -> dict[str, float]:
-    """Volume in mL of WT, TC and ET."""
-    return {name: round(float(np.count_nonzero(mask)) * voxel_ml, 3) for name, mask in region_masks(internal).items()}
+    """Volume in mL of WT, TC and ET (those of :func:`export.volumes_ml`)."""
+    volumes = volumes_ml(internal, voxel_ml)
+    return {name: volumes[name] for name in REGIONS}
 
 
 def metric_row(prediction: np.ndarray, truth: np.ndarray, truth_image: sitk.Image) -> dict[str, float]:
