@@ -42,7 +42,7 @@ def test_context_stack_orders_offsets_then_channels_and_repeats_edges():
 class Cut(torch.nn.Module):
     """A stand-in network whose output is a cut of its input (4 channels)."""
 
-    def __init__(self, cut: slice) -> None:
+    def __init__(self, cut: tuple[slice, ...]) -> None:
         super().__init__()
         self.cut = cut
 
