@@ -106,17 +106,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
 
 
-def with_cpu_fallback(run: Callable[[torch.device], np.ndarray], device: torch.device) -> np.ndarray:
-    """``run(device)``; when a GPU runs out of memory, a warning and ``run(cpu)`` instead."""
+def with_cpu_fallback(run: Callable[[torch.device], np.ndarray], device: torch.device) -> tuple[np.ndarray, torch.device]:
+    """``run(device)`` and the device it ran on; when a GPU runs out of memory, a warning and ``run(cpu)`` instead."""
     try:
-        return run(device)
+        return run(device), device
     except Exception as error:
         if device.type == "cpu" or not is_out_of_memory(error):
             raise
     log.warning("brain-tumor-seg: the %s device ran out of memory; continuing on the CPU (slower)", device.type)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return run(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    return run(cpu), cpu
 
 
 @dataclass
@@ -160,8 +161,9 @@ def postprocess_options(cards: Sequence[ModelCard], options: PostprocessOptions 
 
 def predict_member(
     member: Member, settings: dict, volume: np.ndarray, device: torch.device, precision: str, progress: Callable[[int], Progress]
-) -> np.ndarray:
-    """One model's probabilities, averaged over its mirrorings; ``progress(i)`` is the callback of its ``i``-th pass."""
+) -> tuple[np.ndarray, torch.device]:
+    """One model's probabilities, averaged over its mirrorings, and the device they were computed on (the CPU after a
+    GPU ran out of memory); ``progress(i)`` is the callback of its ``i``-th pass."""
     overrides = InferenceOptions(**{k: settings.get(k) for k in ("mode", "axis", "window", "overlap", "batch_size")})
 
     def run(device: torch.device) -> np.ndarray:
@@ -212,7 +214,7 @@ def segment(
     for member, setting in zip(members, settings, strict=True):
         order = [MODALITIES.index(m) for m in member.card.modalities]
         channels = prepared.data if order == list(range(len(MODALITIES))) else prepared.data[order]  # no copy when in order
-        probabilities = predict_member(
+        probabilities, torch_device = predict_member(  # after a GPU ran out of memory the other members stay on the CPU
             member, setting, channels, torch_device, options.precision, partial(_offset_progress, for_pass, first_pass)
         )
         outputs.append((probabilities, member.card.outputs))

@@ -273,11 +273,30 @@ def test_cpu_fallback_when_the_gpu_runs_out_of_memory(caplog):
         return np.zeros(1)
 
     with caplog.at_level("WARNING"):
-        with_cpu_fallback(run, torch.device("cuda"))
-    assert devices == ["cuda", "cpu"]
+        _, ran_on = with_cpu_fallback(run, torch.device("cuda"))
+    assert devices == ["cuda", "cpu"] and ran_on.type == "cpu"
     assert "the cuda device ran out of memory; continuing on the CPU" in caplog.text
     with pytest.raises(RuntimeError, match="illegal memory access"):  # other GPU errors are not hidden
         with_cpu_fallback(lambda d: (_ for _ in ()).throw(RuntimeError("illegal memory access")), torch.device("cuda"))
+
+
+def test_ensemble_members_after_a_gpu_ran_out_of_memory_stay_on_the_cpu(monkeypatch, small_case, unet_card, unet_network, caplog):
+    """Once one member fell back to the CPU, the next members do not try the GPU again (one warning, not one each)."""
+    devices: list[str] = []
+
+    def fake_predict(card, network, volume, device, dtype, progress, options):
+        devices.append(device.type)
+        if device.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.zeros((3, *volume.shape[1:]), np.float32)
+
+    monkeypatch.setattr(pipeline, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(pipeline, "predict_with_card", fake_predict)
+    members = [Member(unet_card, unet_network)] * 3
+    with caplog.at_level("WARNING"):
+        segment(small_case, members, RunOptions("cuda", "fp32"))
+    assert devices == ["cuda", "cpu", "cpu", "cpu"]
+    assert caplog.text.count("ran out of memory") == 1
 
 
 @pytest.mark.parametrize(
