@@ -5,7 +5,8 @@ The model-card template (``--card``, or the architecture's default from :mod:`re
 (the recipe, overridden by flags) says how it trains. The architecture decides the sampler
 (:mod:`training_data`): 2D slice networks on slices, Havaei et al.'s patch classifiers on patches in
 the paper's two phases (arXiv:1505.03540; :mod:`havaei_training`), SegResNet on 3D blocks. Losses
-from :mod:`losses`; fixed seeds; bf16 autocast only on CPUs with native bf16 (fp32 otherwise);
+from :mod:`losses`; fixed seeds; autocast as ``--precision`` says (auto: bf16 on CPUs with native bf16,
+else fp32; bf16 or else fp16 on GPUs), fp16 with loss scaling (``torch.amp.GradScaler``);
 validation with BraTS WT/TC/ET Dice through the real inference path
 (:func:`pipeline.predict_with_card` + :func:`postprocess.probabilities_to_labels`); checkpoints and
 resume; DistributedDataParallel under ``torchrun`` (:mod:`distributed`).
@@ -350,14 +351,18 @@ def set_momentum(optimizer: torch.optim.Optimizer, recipe: Recipe, fraction: flo
             group["momentum"] = start + (end - start) * min(1.0, fraction)
 
 
-def optimize(loss: torch.Tensor, network: nn.Module, optimizer: Any, schedule: Any, recipe: Recipe) -> torch.Tensor:
+def optimize(
+    loss: torch.Tensor, network: nn.Module, optimizer: Any, schedule: Any, recipe: Recipe, scaler: torch.amp.GradScaler
+) -> torch.Tensor:
     """One optimizer step on ``loss`` plus the recipe's L1 penalty, then the schedule and max-norm (Havaei); returns
-    the penalised loss."""
+    the penalised loss. ``scaler`` scales the loss for fp16 so small gradients do not underflow (a no-op when disabled);
+    a step whose gradients overflowed is skipped and the scale lowered."""
     if recipe.l1:
         loss = loss + recipe.l1 * l1_penalty(network)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     schedule.step()
     if recipe.max_norm:
         apply_max_norm(network, recipe.max_norm)
@@ -384,11 +389,14 @@ def train_mode(network: nn.Module, phase: Phase) -> None:
                 module.eval()
 
 
-def checkpoint_state(network: nn.Module, optimizer: Any, schedule: Any, step: int, phase: int, extra: dict) -> dict:
+def checkpoint_state(
+    network: nn.Module, optimizer: Any, schedule: Any, scaler: torch.amp.GradScaler, step: int, phase: int, extra: dict
+) -> dict:
     return {
         "network": network.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),  # empty unless fp16
         "step": step,
         "phase": phase,
         **extra,
@@ -462,7 +470,7 @@ def train(
     if main_rank:
         keep_logged_steps(losses_log, step)
     progress = TrainingProgress(total, step, enabled=main_rank and not args.quiet)
-    optimizer = schedule = None
+    optimizer = schedule = scaler = None
     running = None
 
     def save(step: int, phase_index: int) -> None:
@@ -470,7 +478,7 @@ def train(
             minutes = elapsed + (time.time() - started) / 60
             extra = {"history": history, "minutes": minutes}
             partial = checkpoint.with_suffix(".partial")
-            torch.save(checkpoint_state(network, optimizer, schedule, step, phase_index, extra), partial)
+            torch.save(checkpoint_state(network, optimizer, schedule, scaler, step, phase_index, extra), partial)
             partial.replace(checkpoint)
 
     for phase_index, phase in enumerate(phases):
@@ -481,9 +489,12 @@ def train(
         parameters = set_trainable(network, phase)
         model = context.wrap(training_view(network, recipe))
         optimizer, schedule = make_optimizer(recipe, parameters, phase.end - begin)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 only: bf16 has fp32's range
         if state is not None and resumed_phase == phase_index and step > begin:
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
         seed = recipe.seed + step + 1_000_003 * context.rank  # each rank (and each resumption) draws its own share
         sampler = make_sampler(recipe, card, network, train_cases, phase, seed)
         generator = torch.Generator().manual_seed(seed)
@@ -496,7 +507,7 @@ def train(
                 set_momentum(optimizer, recipe, (step - begin) / max(1, phase.end - begin))
             with autocast(device, dtype):
                 logits = model(x)
-            loss = optimize(loss_fn(logits, target), network, optimizer, schedule, recipe)
+            loss = optimize(loss_fn(logits, target), network, optimizer, schedule, recipe, scaler)
             step += 1
             value = context.mean(float(loss.detach()))
             running = value if running is None else 0.95 * running + 0.05 * value

@@ -91,6 +91,34 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
     assert [h["step"] for h in ModelCard.read(out / "unet2d-axial.json").training["history"]] == [2, 4]
 
 
+def test_fp16_training_scales_the_loss_so_small_gradients_do_not_vanish():
+    """In fp16 a gradient below 6e-8 is zero; the loss scaler keeps it, and the step uses it unscaled."""
+    recipe = Recipe.from_dict({**default_template("unet2d")["training"], "l1": 0.0, "max_norm": None})
+    moved = {}
+    for scaled in (False, True):
+        torch.manual_seed(0)
+        network = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        before = network[0].weight.detach().clone()
+        optimizer = torch.optim.SGD(network.parameters(), lr=1e8)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = network(torch.randn(4, 8)).float().mean() * 1e-9
+        train.optimize(loss, network, optimizer, schedule, recipe, torch.amp.GradScaler("cpu", enabled=scaled))
+        moved[scaled] = float((network[0].weight.detach() - before).abs().max())
+    assert moved[False] == 0.0  # the fp16 gradient underflowed
+    assert 1e-3 < moved[True] < 1.0  # lr 1e8 x a gradient of about 1e-10: the scale was taken out again
+
+
+@needs_brats
+def test_an_fp16_run_checkpoints_its_loss_scale(data, tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    assert main([*common, "--batch", "2", "--crop", "48", "48", "--steps", "2", "--precision", "fp16"]) == 0
+    scaler = torch.load(out / "checkpoint.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] > 1 and scaler["_growth_tracker"] >= 0  # resumed with the run's scale, not a fresh one
+    assert ModelCard.read(out / "unet2d-axial.json").training["precision"] == "float16"
+
+
 @needs_brats
 def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys, caplog):
     common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', "--quiet"]
