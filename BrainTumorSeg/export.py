@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -188,15 +189,52 @@ def check_writable(folder: Path, keep: bool = True) -> bool:
     return bool(created)
 
 
+def staging_owner() -> str:
+    """The part of a staging folder's name after :data:`STAGING_PREFIX` that says who made it: ``<host>-<pid>-``."""
+    host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}-"
+
+
+def process_is_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (POSIX; on Windows always True, so nothing is removed)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove staging folders in ``folder`` that a process of this machine which no longer runs (killed with
+    SIGKILL, say) left behind; returns them. Folders of live processes, of other machines (a shared file system) and
+    of unknown owners are kept."""
+    host = staging_owner().split("-", 1)[0]
+    removed = []
+    for item in folder.glob(f"{STAGING_PREFIX}*"):
+        parts = item.name[len(STAGING_PREFIX) :].rsplit("-", 2)  # host, pid, mkdtemp's random part (no "-")
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and item.is_dir():
+            if not process_is_alive(int(parts[1])):
+                shutil.rmtree(item, ignore_errors=True)
+                removed.append(item)
+    return removed
+
+
 @contextmanager
 def staged_outputs(folder: Path, last: Sequence[str] = ()) -> Iterator[Path]:
     """A hidden staging folder inside ``folder``; on success its files replace their targets atomically.
 
     Files named in ``last`` are moved after all others, so their presence in ``folder`` means
     the others are complete. On any error (or interruption) the staging folder is removed and
-    nothing new appears in ``folder``.
+    nothing new appears in ``folder``. A run killed outright (SIGKILL) cannot remove its own: the
+    staging folder's name carries its host and process id, and the next run writing into the
+    same folder removes it (:func:`remove_stale_staging`).
     """
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=STAGING_PREFIX))
+    remove_stale_staging(folder)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=STAGING_PREFIX + staging_owner()))
     try:
         yield staging
         items = sorted(staging.iterdir(), key=lambda item: (item.name in last, item.name))

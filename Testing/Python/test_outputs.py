@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import nrrd
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from BrainTumorSeg.cli import main
-from BrainTumorSeg.export import volumes_ml, write_outputs
+from BrainTumorSeg.export import STAGING_PREFIX, volumes_ml, write_outputs
 from BrainTumorSeg.labels import SEGMENTS, from_convention
 from BrainTumorSeg.metrics import region_dice
 from BrainTumorSeg.models.ensemble import member_cards
@@ -120,3 +124,36 @@ def test_truth_file_finds_the_one_seg_file_and_names_the_folder_otherwise(sample
     with pytest.raises(InputError) as error:
         truth_file(tmp_path)
     assert str(error.value) == f"{tmp_path}: expected one ground-truth file (*_seg or *-seg), found 0"
+
+
+STAGE_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from BrainTumorSeg.export import staged_outputs
+with staged_outputs(Path(sys.argv[1])) as staging:
+    (staging / "sample_labels.nii.gz").write_bytes(b"half a file")
+    print(staging.name, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
+def test_staging_of_a_killed_run_is_removed_by_the_next_run_and_a_live_ones_is_kept(tmp_path, sample_case, sample_labels):
+    def stage() -> tuple[subprocess.Popen, str]:
+        process = subprocess.Popen([sys.executable, "-c", STAGE_AND_WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        return process, process.stdout.readline().strip()
+
+    live, live_staging = stage()  # first: a run starting later would already remove the killed one's
+    killed, killed_staging = stage()
+    killed.send_signal(signal.SIGKILL)  # no cleanup of any kind
+    killed.wait()
+    foreign = tmp_path / f"{STAGING_PREFIX}otherhost-{killed.pid}-abc"  # another machine's, on a shared file system
+    foreign.mkdir()
+    try:
+        assert {p.name for p in tmp_path.iterdir()} == {killed_staging, live_staging, foreign.name}
+        write_outputs(tmp_path, "sample", sample_labels, sample_case.reference, "test-model", sample_case.sources, "brats2017")
+        hidden = {p.name for p in tmp_path.iterdir() if p.name.startswith(".")}
+        assert hidden == {live_staging, foreign.name}  # the killed run's is gone; a running one's is not touched
+    finally:
+        live.kill()
+        live.wait()
