@@ -615,6 +615,14 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
         missing = [MODALITY_TITLES[m] for m in MODALITIES if volumes.get(m) is None]
         if missing:
             raise ValueError(_("Select the {names} volume(s).").format(names=", ".join(missing)))
+        for index, modality in enumerate(MODALITIES):
+            for earlier in MODALITIES[:index]:
+                if volumes[modality] is volumes[earlier]:
+                    raise ValueError(
+                        _("Volume '{name}' is selected as both {first} and {second}: choose four different volumes.").format(
+                            name=volumes[modality].GetName(), first=MODALITY_TITLES[earlier], second=MODALITY_TITLES[modality]
+                        )
+                    )
         folder = Path(slicer.util.tempDirectory("BrainTumorSegmentation"))
         try:
             files = {}
@@ -772,6 +780,8 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_ModelsFolder()
         self.setUp()
+        self.test_SameVolumeTwiceIsRefused()
+        self.setUp()
         self.test_CancelLeavesSceneUnchanged()
         self.setUp()
         self.test_SegmentSampleCase()
@@ -803,6 +813,17 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
             widget.onModelsFolderChanged()
             shutil.rmtree(folder, ignore_errors=True)
         self.assertLess(widget.ui.modelComboBox.findData("user-test"), 0)
+
+    def test_SameVolumeTwiceIsRefused(self):
+        self.delayDisplay("One volume chosen for two sequences")
+        logic = BrainTumorSegmentationLogic()
+        volumes = logic.loadSampleCase()
+        volumes["t2"] = volumes["t1"]
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ValueError) as raised:
+            logic.startSegmentation(volumes, SegmentChoices(device=Device.CPU))
+        self.assertIn(f"'{volumes['t1'].GetName()}' is selected as both T1 and T2", str(raised.exception))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
 
     def test_CancelLeavesSceneUnchanged(self):
         self.delayDisplay("Cancelling a run")

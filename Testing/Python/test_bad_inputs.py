@@ -236,6 +236,27 @@ def _msd_channel_all_zeros(root: Path, vols) -> Bad:
     return Bad(["--input", str(path)], Path(f"{path} (channel 3, T2)"), "image is all zeros")
 
 
+def _one_file_for_two_sequences(root: Path, vols) -> Bad:
+    folder = write_case(root / "files", vols)
+    files = {**{m: folder / NAMES[m] for m in MODALITIES}, "t1ce": folder / NAMES["t1"]}  # T1 given twice
+    args = [a for m in MODALITIES for a in (f"--{m}", str(files[m]))]
+    return Bad(args, files["t1ce"], "is given as both T1 and T1ce")
+
+
+def _a_sequence_copied_under_another_name(root: Path, vols) -> Bad:
+    folder = write_case(root / "case", vols, replace={"flair": vols["t2"]})
+    problem = f"has the same voxel values as the T2 image ({folder / NAMES['t2']}); "
+    problem += "T1, T1ce, T2 and FLAIR must be four different images"
+    return Bad(["--input", str(folder)], folder / NAMES["flair"], problem)
+
+
+def _msd_two_equal_channels(root: Path, vols) -> Bad:
+    path = write(msd_4d({**vols, "t2": vols["t1"]}, ("flair", "t1", "t1ce", "t2")), root / "BRATS_001.nii.gz")
+    problem = f"has the same voxel values as the T1 image ({path} (channel 1, T1)); "
+    problem += "T1, T1ce, T2 and FLAIR must be four different images"
+    return Bad(["--input", str(path)], Path(f"{path} (channel 3, T2)"), problem)
+
+
 def _folder_and_files(root: Path, vols) -> Bad:
     folder = write_case(root / "case", vols)
     problem = "give either an input folder/4D file or the four --t1/--t1ce/--t2/--flair files, not both"
@@ -258,6 +279,9 @@ BAD_INPUTS: dict[str, Callable[[Path, dict], Bad]] = {
     "4D image with 3 channels": _msd_three_channels,
     "4D image with an empty channel": _msd_channel_all_zeros,
     "folder and files together": _folder_and_files,
+    "one file for two sequences": _one_file_for_two_sequences,
+    "a sequence copied under another name": _a_sequence_copied_under_another_name,
+    "4D image with two equal channels": _msd_two_equal_channels,
 }
 
 
