@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from .atomic import TEMP_SUFFIX, write_atomic, write_csv
 from .errors import InputError
 from .evaluation import check_same_grid, metric_columns, metric_row, read_labels, volume_columns
-from .export import STAGING_PREFIX
+from .export import STAGING_PREFIX, output_name
 from .labels import REGIONS, SEGMENTS
 
 CASE_COLUMNS: list[str] = ["case_id", "status", "seconds", "error"]
@@ -98,7 +98,7 @@ def discover_cases(cohort: Path, exclude: Path | None = None) -> dict[str, Path]
 
 def volumes_json(out: Path, case_id: str) -> Path:
     """The file whose presence marks a case as finished."""
-    return out / case_id / f"{case_id}_volumes.json"
+    return out / case_id / output_name(case_id, "volumes")
 
 
 def metrics_json(out: Path, case_id: str) -> Path:
@@ -107,7 +107,7 @@ def metrics_json(out: Path, case_id: str) -> Path:
 
 
 def report_png(out: Path, case_id: str) -> Path:
-    return out / case_id / f"{case_id}_report.png"
+    return out / case_id / output_name(case_id, "report")
 
 
 def finished_by(out: Path, case_id: str) -> dict[str, Any] | None:

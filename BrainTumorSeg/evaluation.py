@@ -6,9 +6,9 @@ or ``-seg``: ``Brats18_2013_2_1_seg.nii.gz`` (BraTS 2017-2021 ground truth),
 ``BraTS-GLI-00000-000-seg.nii.gz`` (BraTS 2023) and ``BraTS-GLI-00000-000.nii.gz`` (a
 BraTS 2023 submission) name the cases they belong to, and so do this package's outputs.
 A folder is searched together with its immediate subfolders (one folder per case, as in
-BraTS downloads and ``batch`` outputs). Modality images (``*_t1``, ``*-t2f``, ...) and
-3D Slicer ``.seg.nrrd`` files (written beside every NIfTI output, in internal labels) are
-not label maps here.
+BraTS downloads and ``batch`` outputs). Modality images (``*_t1``, ``*-t2f``, ...), 3D
+Slicer ``.seg.nrrd`` files (written beside every NIfTI output, in internal labels) and the
+``*_probabilities`` and ``*_uncertainty`` maps of ``--probabilities`` are not label maps here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from .case import image_extension, modality_of, read_image
 from .errors import InputError
-from .export import volumes_ml
+from .export import OUTPUT_SUFFIXES, volumes_ml
 from .geometry import same_grid
 from .labels import CONVENTIONS, REGIONS, detect_convention, from_convention
 from .metrics import METRICS, region_metrics
@@ -73,15 +73,19 @@ def label_case_id(path: Path) -> str:
     return stem
 
 
+NOT_LABEL_MAPS: tuple[str, ...] = tuple(OUTPUT_SUFFIXES[kind] for kind in ("segmentation", "probabilities", "uncertainty"))
+
+
 def is_label_file(path: Path) -> bool:
-    """An image file that is not a modality image, not a Slicer segmentation and not hidden."""
+    """An image file that is not a modality image, not hidden, and none of this package's other image outputs
+    (the Slicer segmentation, class probabilities and uncertainty written beside each label map)."""
     name = path.name.lower()
     return (
         path.is_file()
         and not name.startswith(".")
         and image_extension(path) is not None
         and modality_of(path) is None
-        and not name.endswith(".seg.nrrd")
+        and not name.endswith(NOT_LABEL_MAPS)
     )
 
 

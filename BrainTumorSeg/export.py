@@ -27,6 +27,21 @@ from .geometry import direction_matrix
 from .labels import REGIONS, SEGMENTS, check_convention, to_convention
 
 STAGING_PREFIX = ".brain-tumor-seg-staging-"
+# The file name of each output of a case, after its case id; the optional ones are written on request.
+OUTPUT_SUFFIXES: dict[str, str] = {
+    "labels": "_seg.nii.gz",
+    "segmentation": ".seg.nrrd",
+    "report": "_report.png",
+    "probabilities": "_probabilities.nii.gz",
+    "uncertainty": "_uncertainty.nii.gz",
+    "volumes": "_volumes.json",
+}
+OPTIONAL_OUTPUTS: tuple[str, ...] = ("report", "probabilities", "uncertainty")
+
+
+def output_name(case_id: str, kind: str) -> str:
+    """The file name of output ``kind`` (a key of :data:`OUTPUT_SUFFIXES`) of case ``case_id``."""
+    return case_id + OUTPUT_SUFFIXES[kind]
 
 
 def label_image(internal: np.ndarray, reference: sitk.Image, convention: str = "brats2017") -> sitk.Image:
@@ -224,11 +239,13 @@ def remove_stale_staging(folder: Path) -> list[Path]:
 
 
 @contextmanager
-def staged_outputs(folder: Path, last: Sequence[str] = ()) -> Iterator[Path]:
+def staged_outputs(folder: Path, last: Sequence[str] = (), stale: Sequence[str] = ()) -> Iterator[Path]:
     """A hidden staging folder inside ``folder``; on success its files replace their targets atomically.
 
     Files named in ``last`` are moved after all others, so their presence in ``folder`` means
-    the others are complete. On any error (or interruption) the staging folder is removed and
+    the others are complete: an earlier file of that name is removed before anything is moved, and
+    so are the files named in ``stale`` (an earlier run's outputs this one does not replace).
+    On any error (or interruption) the staging folder is removed and
     nothing new appears in ``folder``. A run killed outright (SIGKILL) cannot remove its own: the
     staging folder's name carries its host and process id, and the next run writing into the
     same folder removes it (:func:`remove_stale_staging`).
@@ -238,6 +255,8 @@ def staged_outputs(folder: Path, last: Sequence[str] = ()) -> Iterator[Path]:
     try:
         yield staging
         items = sorted(staging.iterdir(), key=lambda item: (item.name in last, item.name))
+        for name in (*last, *stale):
+            (folder / name).unlink(missing_ok=True)
         for item in items:
             os.replace(item, folder / item.name)
     finally:
@@ -261,15 +280,18 @@ def write_outputs(
     ``extras`` maps more output kinds to ``(file name, function writing that file at the path it is given)``;
     ``details`` are added to the volumes JSON (for example the clean-up applied). ``before_commit`` is called
     when every file is staged, before any is moved into ``folder``; an exception it raises (a cancel) discards
-    them all. The volumes JSON lands last: when it exists, every other output of the case is complete.
+    them all. The volumes JSON lands last: when it exists, every other output of the case is complete. Optional
+    outputs (:data:`OPTIONAL_OUTPUTS`) an earlier run left and this one does not write are removed, so a report or
+    probabilities of another model never sit beside these labels.
     """
     names = {
-        "labels": f"{case_id}_seg.nii.gz",
-        "segmentation": f"{case_id}.seg.nrrd",
+        "labels": output_name(case_id, "labels"),
+        "segmentation": output_name(case_id, "segmentation"),
         **{kind: name for kind, (name, _) in (extras or {}).items()},
-        "volumes": f"{case_id}_volumes.json",
+        "volumes": output_name(case_id, "volumes"),
     }
-    with staged_outputs(folder, last=(names["volumes"],)) as staging:
+    stale = [output_name(case_id, kind) for kind in OPTIONAL_OUTPUTS if kind not in names]
+    with staged_outputs(folder, last=(names["volumes"],), stale=stale) as staging:
         write_label_map(staging / names["labels"], internal, reference, convention)
         write_seg_nrrd(staging / names["segmentation"], internal, reference)
         for name, write in (extras or {}).values():

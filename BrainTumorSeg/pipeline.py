@@ -21,7 +21,7 @@ from torch import nn
 from .case import MODALITIES, Case
 from .device import autocast_dtype, resolve_device
 from .errors import InputError
-from .export import check_writable, make_folder, remove_folders, write_outputs, write_probabilities
+from .export import check_writable, make_folder, output_name, remove_folders, write_outputs, write_probabilities
 from .geometry import Reorientation
 from .inference import Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import AXES, FLIPS, MODES, ModelCard
@@ -297,15 +297,15 @@ def segment_to_folder(
         def write_report(path: Path) -> None:
             write_case_report(path, case, result.labels, case_id, model_id)
 
-        extras["report"] = (f"{case_id}_report.png", write_report)
+        extras["report"] = (output_name(case_id, "report"), write_report)
     if result.probabilities is not None:
         probabilities = result.probabilities
         extras["probabilities"] = (
-            f"{case_id}_probabilities.nii.gz",
+            output_name(case_id, "probabilities"),
             lambda path: write_probabilities(path, probabilities, case.reference),
         )
         extras["uncertainty"] = (
-            f"{case_id}_uncertainty.nii.gz",
+            output_name(case_id, "uncertainty"),
             lambda path: write_probabilities(path, probabilities, case.reference, uncertainty=True),
         )
     created = make_folder(out)

@@ -256,6 +256,17 @@ def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_c
     assert info["postprocess"] == result.postprocess.to_dict() and info["models"] == [unet_card.id]
 
 
+def test_a_rerun_without_optional_outputs_removes_the_earlier_ones(small_case, unet_card, unet_network, tmp_path):
+    """Probabilities of an earlier run never sit beside labels they did not come from; other files stay."""
+    members = [Member(unet_card, unet_network)]
+    _, first = segment_to_folder(small_case, members, tmp_path, "case", options=RunOptions("cpu", probabilities=True))
+    assert first["probabilities"].is_file() and first["uncertainty"].is_file()
+    (tmp_path / "notes.txt").write_text("the user's own file\n")
+    _, second = segment_to_folder(small_case, members, tmp_path, "case", options=RunOptions("cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(p.name for p in second.values()), "notes.txt"])
+    assert set(json.loads(second["volumes"].read_text())["outputs"]) == {"labels", "segmentation", "volumes"}
+
+
 def test_keep_largest_only_removes_tumor(small_case, unet_card, unet_network, small_raw_labels):
     options = RunOptions("cpu", "fp32", postprocess=PostprocessOptions(keep_largest=True))
     kept = segment(small_case, [Member(unet_card, unet_network)], options).labels

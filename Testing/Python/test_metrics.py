@@ -149,6 +149,8 @@ def make_pair_folders(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_evaluate_command_writes_csv_and_summary(tmp_path, capsys):
     pred, truth = make_pair_folders(tmp_path)
+    for kind in ("probabilities", "uncertainty"):  # what `segment --probabilities` writes beside a label map
+        write_labels(pred / f"A1_{kind}.nii.gz", np.full((20, 20, 20), 0.5), dtype=np.float32)
     out = tmp_path / "eval.csv"
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--csv", str(out)]) == 0
     rows = {row["case_id"]: row for row in csv.DictReader(out.open())}
