@@ -133,6 +133,28 @@ def remove_leftovers(folder: Path, names: Sequence[str] | None = None) -> None:
                 item.unlink(missing_ok=True)
 
 
+SETTING_NAMES = {
+    "model": "another model",
+    "label_convention": "other label values",
+    "postprocess": "another clean-up",
+    "inference": "other inference settings",
+}
+
+
+def reasons_to_redo(earlier: Mapping[str, Any], expect: Mapping[str, Any], wanted: Sequence[str]) -> str:
+    """Why a finished case (its volumes JSON ``earlier``) must be segmented again, or "" when it need not be."""
+    reasons = []
+    for key, value in expect.items():
+        if earlier.get(key) != value:
+            before = earlier.get(key)
+            what = SETTING_NAMES.get(key, f"another {key}")
+            reasons.append(what + (f" ({before})" if isinstance(before, str) else " (not recorded)" if before is None else ""))
+    missing = [kind for kind in wanted if kind not in earlier.get("outputs", {})]
+    if missing:
+        reasons.append(f"no {' or '.join(missing)}")
+    return ", ".join(reasons)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:300]
@@ -238,14 +260,16 @@ def run_batch(
     report: bool = False,
     progress: ProgressBar | None = None,
     log: TextIO | None = None,
-    expect: Mapping[str, str] | None = None,
+    expect: Mapping[str, Any] | None = None,
+    wanted: Sequence[str] = (),
 ) -> BatchResult:
     """Segment this shard's cases into ``out/<case id>/``, skipping finished ones; write the CSV after every case.
 
     ``truths`` (case id -> ground-truth label map) adds metric columns; a case without ground
     truth gets empty metrics and a note in ``error``. ``expect`` (e.g. ``{"model": id,
     "label_convention": "brats2017"}``): a finished case whose volumes JSON says otherwise was
-    made with other settings and is segmented again.
+    made with other settings and is segmented again; so is one without an output kind of ``wanted``
+    (e.g. ``probabilities``, asked for now but not then).
     """
     log = log if log is not None else sys.stderr
     selected = shard.select(list(cases))
@@ -261,11 +285,10 @@ def run_batch(
         started = time.monotonic()
         try:
             earlier = finished_by(out, case_id)
-            stale = earlier is not None and any(earlier.get(k) != v for k, v in (expect or {}).items())
+            stale = earlier is not None and reasons_to_redo(earlier, expect or {}, wanted)
             if stale:
-                settings = ", ".join(f"{k} {earlier.get(k)}" for k in expect or {})
                 bar.clear()
-                log.write(f"brain-tumor-seg: {case_id}: was segmented with {settings}; segmenting again\n")
+                log.write(f"brain-tumor-seg: {case_id}: segmented earlier with {stale}; segmenting again\n")
             if earlier is None or stale:
                 metrics_json(out, case_id).unlink(missing_ok=True)  # it belonged to an older segmentation
                 bar.update(case_id)

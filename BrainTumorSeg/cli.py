@@ -165,8 +165,10 @@ def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[
         if value is not None and not isinstance(value, bool) and value < 0:
             raise InputError(f"--{name.replace('_', '-')}", "must not be negative")
     clean_up = replace(base, **{k: v for k, v in changes.items() if v is not None})
-    for member in members:
-        inference_settings(member.card, inference)
+    modes = {inference_settings(member.card, inference)["mode"] for member in members}
+    for flag, value in (("--window", args.window), ("--overlap", args.overlap)):
+        if value is not None and "window" not in modes:
+            raise InputError(flag, "applies to window mode only, and no model here runs in it (add --mode window)")
     return RunOptions(args.device, args.precision, inference, clean_up, args.probabilities)
 
 
@@ -304,6 +306,19 @@ def _add_batch_parser(sub: argparse._SubParsersAction) -> None:
     _add_run_options(p)
 
 
+def batch_expectation(model_id: str, labels: str, options: RunOptions, members: list[Member]) -> dict:
+    """What a finished case's volumes JSON must say to count as done in this run: the same model, label values,
+    clean-up and inference settings (not device or precision, so a cohort can resume on other hardware)."""
+    from .pipeline import inference_record
+
+    return {
+        "model": model_id,
+        "label_convention": labels,
+        "postprocess": options.postprocess.to_dict() if options.postprocess else None,
+        "inference": inference_record([m.card for m in members], options.inference),
+    }
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else Shard()
     require_named_gpu(args.device)
@@ -328,8 +343,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
     selected = shard.select(list(cases))
     with terminate_as_exit():
-        expect = {"model": model_id, "label_convention": args.labels}
-        result = run_batch(cases, args.out, segment, truths, shard, args.report, ProgressBar(len(selected)), expect=expect)
+        expect = batch_expectation(model_id, args.labels, options, members)
+        wanted = ("probabilities", "uncertainty") if options.probabilities else ()
+        result = run_batch(
+            cases, args.out, segment, truths, shard, args.report, ProgressBar(len(selected)), expect=expect, wanted=wanted
+        )
     counts = {status: sum(row["status"] == status for row in result.rows) for status in (SEGMENTED, DONE, FAILED)}
     scope = f"shard {shard} ({len(selected)} of {len(cases)} cases)" if shard.count > 1 else f"{len(cases)} cases"
     done = f"{counts[SEGMENTED]} segmented, {counts[DONE]} already done, {counts[FAILED]} failed"

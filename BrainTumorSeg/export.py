@@ -124,7 +124,7 @@ def summary(
     values = dict(zip((s.key for s in SEGMENTS), check_convention(convention), strict=True))
     return {
         "model": model_id,
-        "inputs": inputs,
+        "inputs": {key: os.path.abspath(path) for key, path in inputs.items()},  # a 4D file's "#channel" stays
         "label_convention": convention,
         "labels": {s.key: {"name": s.name, "value": values[s.key]} for s in SEGMENTS},
         "voxel_volume_ml": voxel_ml,
@@ -297,7 +297,7 @@ def write_outputs(
         for name, write in (extras or {}).values():
             write(staging / name)
         info = summary(internal, reference, model_id, inputs, convention) | dict(details or {})
-        info["outputs"] = {k: str(folder / v) for k, v in names.items()}
+        info["outputs"] = {k: str(folder.absolute() / v) for k, v in names.items()}
         (staging / names["volumes"]).write_text(json.dumps(info, indent=2) + "\n")
         if before_commit is not None:
             before_commit()

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import __version__
 from .case import MODALITIES, Case
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, precision_name, resolve_device
 from .errors import InputError
 from .export import check_writable, make_folder, output_name, remove_folders, write_outputs, write_probabilities
 from .geometry import Reorientation
@@ -66,14 +67,30 @@ def inference_settings(card: ModelCard, options: InferenceOptions | None = None)
         raise InputError("--axis", f"unknown slice axis {settings['axis']!r}; choose {', '.join(AXES)}")
     if settings["flips"] not in FLIPS:
         raise InputError("--tta", f"unknown mirroring {settings['flips']!r}; choose {', '.join(FLIPS)}")
+    if not 0 <= float(settings["overlap"]) < 1:
+        raise InputError("--overlap", "overlap must be at least 0 and below 1")
     if mode == "window":
         window = settings.get("window") or (128,) * dims
         if len(window) != dims or min(window) < 1:
             raise InputError("--window", f"model {card.id} is a {dims}D network; the window needs {dims} positive sizes")
-        if not 0 <= float(settings["overlap"]) < 1:
-            raise InputError("--overlap", "overlap must be at least 0 and below 1")
         settings["window"] = tuple(int(w) for w in window)
     return settings
+
+
+RECORDED_INFERENCE: tuple[str, ...] = ("mode", "axis", "window", "overlap", "flips")
+
+
+def inference_record(cards: Sequence[ModelCard], options: InferenceOptions | None = None) -> list[dict]:
+    """How each network ran (the settings that decide its labels besides its weights), in JSON types, as the volumes
+    JSON records them; ``batch`` compares a finished case's record with this run's."""
+    record = []
+    for card in cards:
+        settings = inference_settings(card, options)
+        values = {key: settings.get(key) for key in RECORDED_INFERENCE}
+        values["window"] = list(values["window"]) if values["window"] else None
+        values["overlap"] = float(values["overlap"])
+        record.append({"model": card.id, **values})
+    return record
 
 
 def predict_with_card(
@@ -147,6 +164,9 @@ class Segmentation:
     probabilities: np.ndarray | None
     models: list[str]
     postprocess: PostprocessOptions
+    inference: list[dict] = field(default_factory=list)  # inference_record of the members
+    device: str = "cpu"  # where the last network ran (the CPU after a GPU ran out of memory)
+    precision: str = "fp32"  # the autocast precision there (device.precision_name)
 
 
 def postprocess_options(cards: Sequence[ModelCard], options: PostprocessOptions | None) -> PostprocessOptions:
@@ -236,7 +256,9 @@ def segment(
         full[0][~crop.paste(np.ones(mask.shape, bool))] = 1
         classes = orientation.from_canonical(full)
     control.report("postprocess", 1, 1, "labels and clean-up")
-    return Segmentation(labels, classes, [c.id for c in cards], clean_up)
+    precision = precision_name(autocast_dtype(torch_device, options.precision))
+    record = inference_record(cards, options.inference)
+    return Segmentation(labels, classes, [c.id for c in cards], clean_up, record, torch_device.type, precision)
 
 
 def segment_case(
@@ -262,6 +284,18 @@ def segment_case(
     else:
         members = [Member(member, member.load()) for member in member_cards(card)]
     return segment(case, members, options, control).labels
+
+
+def run_details(result: Segmentation) -> dict:
+    """What the volumes JSON records of how a case was segmented, beside the model id and the inputs."""
+    return {
+        "models": result.models,
+        "postprocess": result.postprocess.to_dict(),
+        "inference": result.inference,
+        "device": result.device,
+        "precision": result.precision,
+        "version": __version__,
+    }
 
 
 def segment_to_folder(
@@ -312,7 +346,7 @@ def segment_to_folder(
     try:
         paths = write_outputs(
             out, case_id, result.labels, case.reference, model_id, case.sources, convention, extras,
-            details={"postprocess": result.postprocess.to_dict(), "models": result.models}, before_commit=control.check,
+            details=run_details(result), before_commit=control.check,
         )  # fmt: skip
     except BaseException:
         remove_folders(created)

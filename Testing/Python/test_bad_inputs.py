@@ -314,6 +314,19 @@ def test_cli_bad_input(kind, out_exists, tmp_path, sub_volumes, tiny_models, cap
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("option", [["--overlap", "0.5"], ["--window", "64", "64"]])
+def test_cli_window_options_without_window_mode(option, tmp_path, sub_volumes, tiny_models, capfd):
+    """--overlap and --window would change nothing for a slice-wise model: an error, not a silent no-op."""
+    folder = write_case(tmp_path / "inputs" / "case", sub_volumes)
+    out = tmp_path / "out"
+    capfd.readouterr()
+    assert segment(tiny_models, "--input", str(folder), *option, "--out", str(out)) == 2
+    expected = f"{PREFIX}{option[0]}: applies to window mode only, and no model here runs in it (add --mode window)"
+    assert error_line(capfd.readouterr()) == expected
+    assert not out.exists()
+    assert segment(tiny_models, "--input", str(folder), *option, "--mode", "window", "--out", str(out)) == 0
+
+
 def test_cli_unwritable_output_folder(tmp_path, sub_volumes, tiny_models, capfd):
     """Valid inputs, an --out below a regular file: the error names the output folder (chmod is no use as root)."""
     folder = write_case(tmp_path / "inputs" / "case", sub_volumes)

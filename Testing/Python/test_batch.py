@@ -188,6 +188,36 @@ def test_batch_segments_each_case_exactly_as_segment_does(cohort, models_dir, tm
     assert len(set(maps)) == len(cases)  # three different label maps: no case got another's result
 
 
+def test_a_finished_case_is_segmented_again_when_the_settings_or_wanted_outputs_changed(
+    cohort, cropped_sample, models_dir, tmp_path, capsys
+):
+    """Resume counts a case as done only when its volumes JSON records this run's clean-up and inference settings
+    and holds the outputs asked for; otherwise it says why and segments the case again."""
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / cropped_sample.name).symlink_to(cohort / cropped_sample.name)
+    out = tmp_path / "out"
+    case = cropped_sample.name
+
+    def status(*extra: str) -> tuple[str, str]:
+        capsys.readouterr()
+        assert main(batch_args(one, out, models_dir, *extra)) == 0
+        return read_csv(out / "cohort.csv")[case]["status"], capsys.readouterr().err
+
+    assert status()[0] == SEGMENTED
+    assert status()[0] == DONE
+    again, said = status("--closing", "3")
+    assert again == SEGMENTED and f"{case}: segmented earlier with another clean-up; segmenting again" in said
+    again, said = status("--closing", "3", "--probabilities")
+    assert again == SEGMENTED and "segmented earlier with no probabilities or uncertainty; segmenting again" in said
+    assert status("--closing", "3")[0] == DONE  # probabilities not asked for: the ones there do no harm
+    again, said = status("--closing", "3", "--tta", "x")
+    assert again == SEGMENTED and "segmented earlier with other inference settings; segmenting again" in said
+    info = json.loads((out / case / f"{case}_volumes.json").read_text())
+    assert info["postprocess"]["closing"] == 3 and info["inference"][0]["flips"] == "x"
+    assert info["device"] == "cpu" and info["precision"] in ("bfloat16", "fp32") and info["version"]
+
+
 def test_killed_run_resumes_without_redoing_finished_cases(cohort, models_dir, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

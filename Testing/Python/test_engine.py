@@ -318,6 +318,7 @@ def test_ensemble_members_after_a_gpu_ran_out_of_memory_stay_on_the_cpu(monkeypa
             "--window: model unet2d-axial is a 2D network; the window needs 2 positive sizes",
         ),
         (InferenceOptions(mode="window", overlap=1.0), "--overlap: overlap must be at least 0 and below 1"),
+        (InferenceOptions(overlap=-0.5), "--overlap: overlap must be at least 0 and below 1"),  # in any mode
     ],
 )
 def test_bad_inference_options_name_the_option(unet_card, options, message):

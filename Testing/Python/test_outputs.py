@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import nrrd
 import numpy as np
@@ -114,6 +115,18 @@ def test_cli_sample_run_prints_outputs_volumes_and_dice(tmp_path, capsys, monkey
     assert "brain-tumor-seg-output" in printed and "WT" in printed and "Dice against" in printed
     files = sorted(p.name for p in (tmp_path / "brain-tumor-seg-output").iterdir())
     assert files == ["Brats18_CBICA_AQP_1.seg.nrrd", "Brats18_CBICA_AQP_1_seg.nii.gz", "Brats18_CBICA_AQP_1_volumes.json"]
+    info = json.loads((tmp_path / "brain-tumor-seg-output" / files[2]).read_text())
+    # the default --out is relative; the JSON's paths still name the files from anywhere
+    assert info["outputs"]["labels"] == str(tmp_path / "brain-tumor-seg-output" / files[1])
+
+
+def test_the_volumes_json_records_absolute_input_paths(tmp_path, monkeypatch, sample_case, sample_labels):
+    monkeypatch.chdir(tmp_path)
+    inputs = {"t1": "case/x_t1.nii.gz", "flair": "4d.nii.gz#0"}
+    (tmp_path / "out").mkdir()
+    write_outputs(Path("out"), "x", sample_labels, sample_case.reference, "test-model", inputs, "brats2017")
+    info = json.loads((tmp_path / "out" / "x_volumes.json").read_text())
+    assert info["inputs"] == {"t1": str(tmp_path / "case" / "x_t1.nii.gz"), "flair": str(tmp_path / "4d.nii.gz#0")}
 
 
 def test_truth_file_finds_the_one_seg_file_and_names_the_folder_otherwise(sample_dir, tmp_path):
