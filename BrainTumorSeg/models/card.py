@@ -72,10 +72,15 @@ class ModelCard:
     def read(cls, path: Path) -> ModelCard:
         try:
             raw = json.loads(path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            missing = [repr(k) for k in ("id", "architecture") if k not in raw]
             known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and k != "path"}
-            card = cls(**known, path=path)
+            card = None if missing else cls(**known, path=path)
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise InputError(path, f"not a valid model card ({error})") from None
+        if card is None:
+            raise InputError(path, f"not a valid model card (missing {', '.join(missing)})")
         if card.is_ensemble:
             if not card.members or not all(isinstance(m, str) and m for m in card.members):
                 raise InputError(path, 'an ensemble card needs "members": a list of model ids')
@@ -134,12 +139,13 @@ class ModelCard:
 
 
 def is_model_card(path: Path) -> bool:
-    """A JSON file is a model card when it is an object with ``id`` and ``architecture`` (training logs are not)."""
+    """A JSON file is meant as a model card when it is an object with ``id`` and ``architecture`` or another card
+    field (so a card that lacks its architecture is reported, not skipped); other JSON files are not."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return True  # let ModelCard.read report the broken file
-    return isinstance(raw, dict) and "architecture" in raw and "id" in raw
+    return isinstance(raw, dict) and "id" in raw and any(k in raw for k in ("architecture", "members", *NETWORK_FIELDS))
 
 
 def model_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
@@ -151,6 +157,10 @@ def model_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
 def available_models(extra_dirs: Iterable[str | Path] = ()) -> dict[str, ModelCard]:
     """All model cards by id; an id found in an earlier folder wins over the same id later."""
     cards: dict[str, ModelCard] = {}
+    extra_dirs = list(extra_dirs)
+    for folder in map(Path, extra_dirs):  # named by the user (--models-dir): a typo must not pass unnoticed
+        if not folder.is_dir():
+            raise InputError(folder, "models folder not found" if not folder.exists() else "is not a folder")
     for folder in model_dirs(extra_dirs):
         if not folder.is_dir():
             continue

@@ -96,6 +96,23 @@ def test_a_network_card_without_its_network_fields_is_not_a_card(tmp_path):
         ModelCard.read(path)
 
 
+def test_a_card_without_its_architecture_is_reported_and_other_json_files_are_not_cards(tmp_path, capsys):
+    path = write_card(tmp_path, {"id": "mine", "config": {}, "inputs": {}, "outputs": {}, "inference": {}})
+    (tmp_path / "history.json").write_text(json.dumps({"step": 3, "loss": 0.2}))  # a log beside the cards: not a card
+    assert main(["models", "--models-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"{PREFIX}{path}: not a valid model card (missing 'architecture')"
+    path.unlink()
+    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+
+
+def test_a_models_folder_that_is_not_there_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    out = tmp_path / "out"
+    assert main(["segment", "--sample", "--models-dir", str(missing), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"{PREFIX}{missing}: models folder not found"
+    assert not out.exists()
+
+
 def test_an_ensemble_card_has_no_network_of_its_own():
     card = shipped_ensemble()
     with pytest.raises(ValueError, match=f"model {card.id} is an ensemble of"):
