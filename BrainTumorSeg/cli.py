@@ -323,6 +323,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else Shard()
     require_named_gpu(args.device)
     cases = discover_cases(args.input, exclude=args.out)
+    selected = shard.select(list(cases))
     truths = None
     if args.truth is not None:
         if not args.truth.is_dir():
@@ -330,6 +331,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
         truths = find_label_files(args.truth)
         if not truths:
             raise InputError(args.truth, "no label maps found (in the folder or its subfolders)")
+        without = [case_id for case_id in selected if case_id not in truths]
+        if without and len(without) == len(selected):
+            raise InputError(args.truth, "no ground truth for any case of the cohort (label maps are matched by case id)")
+        if without:
+            shown = ", ".join(without[:5]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
+            print(f"brain-tumor-seg: warning: no ground truth in {args.truth} for {shown}", file=sys.stderr)
     cards, members = load_members(args)
     options = run_options(args, cards, members)
     model_id = models_name(cards)
@@ -341,7 +348,6 @@ def run_batch_command(args: argparse.Namespace) -> int:
         control = RunControl(lambda event: progress(event.done, event.total) if event.stage == "predict" else None)
         segment_to_folder(case, members, out, case_id, args.labels, options, control, report, model_id=model_id)
 
-    selected = shard.select(list(cases))
     with terminate_as_exit():
         expect = batch_expectation(model_id, args.labels, options, members)
         wanted = ("probabilities", "uncertainty") if options.probabilities else ()

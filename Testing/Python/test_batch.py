@@ -98,6 +98,21 @@ def test_bad_batch_arguments_are_one_line_errors(tmp_path, models_dir, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_truth_folder_matching_no_case_is_an_error_and_one_matching_some_a_warning(cohort, models_dir, tmp_path, capsys):
+    other = tmp_path / "truth"
+    other.mkdir()
+    shutil.copy(next((cohort / "Brats18_2013_2_1").glob("*_seg.nii.gz")), other / "Another_case_seg.nii.gz")
+    out = tmp_path / "out"
+    assert main(batch_args(cohort, out, models_dir, "--truth", str(other))) == 2
+    expected = f"brain-tumor-seg: error: {other}: no ground truth for any case of the cohort (label maps are matched by case id)"
+    assert capsys.readouterr().err.strip() == expected
+    assert not out.exists()
+    shutil.copy(next((cohort / "Brats18_2013_2_1").glob("*_seg.nii.gz")), other)
+    assert main(batch_args(cohort, out, models_dir, "--truth", str(other), "--shard", "1/2")) == 0
+    warning = f"brain-tumor-seg: warning: no ground truth in {other} for Brats18_CBICA_AQP_1"
+    assert warning in capsys.readouterr().err.splitlines()
+
+
 def test_the_volumes_json_marking_a_finished_case_is_moved_into_place_last(tmp_path, monkeypatch):
     moved = []
     replace = os.replace
