@@ -247,7 +247,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="BraTS metrics of predictions against ground truth",
-        description="Dice, 95%% Hausdorff distance (mm), sensitivity and specificity of WT, TC and ET, per case and summarized. "
+        description="Dice, 95% Hausdorff distance (mm), sensitivity and specificity of WT, TC and ET, per case and summarized. "
         "Empty regions: both empty gives Dice 1 and HD95 0; only one empty gives Dice 0 and HD95 374 (BraTS 2023 legacy).",
     )
     p.add_argument("--pred", required=True, metavar="PATH", help="predicted label map, or a folder of them (matched by case id)")
@@ -355,7 +355,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
             cases, args.out, segment, truths, shard, args.report, ProgressBar(len(selected)), expect=expect, wanted=wanted
         )
     counts = {status: sum(row["status"] == status for row in result.rows) for status in (SEGMENTED, DONE, FAILED)}
-    scope = f"shard {shard} ({len(selected)} of {len(cases)} cases)" if shard.count > 1 else f"{len(cases)} cases"
+    counted = f"{len(cases)} case" + ("s" if len(cases) != 1 else "")
+    scope = f"shard {shard} ({len(selected)} of {counted})" if shard.count > 1 else counted
     done = f"{counts[SEGMENTED]} segmented, {counts[DONE]} already done, {counts[FAILED]} failed"
     print(f"Batch with model {model_id}, {scope}: {done}")
     print(f"CSV: {result.csv}")
@@ -405,12 +406,14 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: c.to_json() | {"path": str(c.path)} for k, c in cards.items()}, indent=2))
         return 0
-    print(f"{'id':<22} {'architecture':<12} {'WT':>6} {'TC':>6} {'ET':>6}  name")
+    wide = max((len(card.id) for card in cards.values()), default=2)  # columns as wide as their longest entry
+    kind = max((len(card.architecture) for card in cards.values()), default=12)
+    print(f"{'id':<{wide}} {'architecture':<{kind}} {'WT':>6} {'TC':>6} {'ET':>6}  name")
     for card in cards.values():
         dice = card.validation.get("dice", {})
         scores = " ".join(f"{dice[k]:6.3f}" if k in dice else "     -" for k in ("WT", "TC", "ET"))
         mark = " (default)" if card.default else ""
-        print(f"{card.id:<22} {card.architecture:<12} {scores}  {card.name}{mark}")
+        print(f"{card.id:<{wide}} {card.architecture:<{kind}} {scores}  {card.name}{mark}")
     return 0
 
 

@@ -189,6 +189,8 @@ def check_writable(folder: Path, keep: bool = True) -> bool:
     behind until the outputs are written. InputError naming the folder when it cannot be
     created or written.
     """
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, "output folder is a file, not a folder")
     try:
         created = make_folder(folder)
     except OSError as error:

@@ -83,6 +83,14 @@ def to_convention(internal: np.ndarray, convention: str = "brats2017") -> np.nda
     return lut[internal]
 
 
+def shown_values(values: list) -> str:
+    """Label values for a one-line message: all of a few, else the first ones and how many there are (an image given
+    as a label map has thousands)."""
+    if len(values) <= 8:
+        return str(values)
+    return f"[{', '.join(map(str, values[:5]))}, ... ({len(values)} values; is this an image rather than a label map?)]"
+
+
 def from_convention(labels: np.ndarray, convention: str = "brats2017") -> np.ndarray:
     """File labels of ``convention`` -> internal labels; unknown values raise ValueError."""
     values = check_convention(convention)
@@ -94,7 +102,7 @@ def from_convention(labels: np.ndarray, convention: str = "brats2017") -> np.nda
         known |= hit
     if not known.all():
         extra = sorted(set(np.unique(labels[~known]).tolist()))
-        raise ValueError(f"label values {extra} are not in the {convention} convention (0, {values})")
+        raise ValueError(f"label values {shown_values(extra)} are not in the {convention} convention (0, {values})")
     return internal
 
 
@@ -108,7 +116,8 @@ def detect_convention(labels: np.ndarray) -> str:
     values = set(np.unique(labels).tolist())
     unknown = sorted(values - {0, 1, 2, 3, 4})
     if unknown:
-        raise ValueError(f"label values {unknown} are in no known convention (brats2017: 0, 1, 2, 4; brats2023: 0, 1, 2, 3)")
+        known = "brats2017: 0, 1, 2, 4; brats2023: 0, 1, 2, 3"
+        raise ValueError(f"label values {shown_values(unknown)} are in no known convention ({known})")
     if {3, 4} <= values:
         raise ValueError("label map holds both 3 and 4, which no convention does (brats2017: 0, 1, 2, 4; brats2023: 0, 1, 2, 3)")
     return "brats2023" if 3 in values else "brats2017"

@@ -591,4 +591,5 @@ def test_check_writable_below_a_file(tmp_path):
     blocker.write_text("x\n")
     out = blocker / "out"
     assert str(raises_input_error(check_writable, out)) == f"{out}: output folder cannot be written (Not a directory)"
+    assert str(raises_input_error(check_writable, blocker)) == f"{blocker}: output folder is a file, not a folder"
     assert blocker.read_text() == "x\n"

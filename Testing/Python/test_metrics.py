@@ -194,6 +194,13 @@ def test_evaluate_single_files_and_bad_inputs(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--csv", str(tmp_path / "x.csv")]) == 2
     assert "label values [7]" in capsys.readouterr().err
 
+    # An image given as a label map: the message stays one short line.
+    write_labels(pred / "A1_seg.nii.gz", np.arange(8000).reshape(20, 20, 20), dtype=np.int16)
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--csv", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "label values [5, 6, 7, 8, 9, ... (7995 values; is this an image rather than a label map?)]" in err
+    assert len(err) < 300 and "\n" not in err
+
 
 def test_truth_cases_without_prediction_are_reported_not_evaluated(tmp_path):
     pred, truth = make_pair_folders(tmp_path)
