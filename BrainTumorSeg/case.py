@@ -13,6 +13,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import logging
 import shutil
 import tempfile
 import zlib
@@ -28,6 +29,8 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import overlap_fraction, resample_to, same_grid
 from .labels import from_convention
+
+log = logging.getLogger("brain_tumor_seg")
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 REFERENCE_MODALITY = "t1ce"
@@ -57,6 +60,7 @@ class Case:
     data: np.ndarray
     sources: dict[str, str] = field(default_factory=dict)
     resampled: list[str] = field(default_factory=list)
+    coverage: dict[str, float] = field(default_factory=dict)  # of each resampled sequence: see brain_coverage
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -287,6 +291,16 @@ def check_distinct_sequences(data: np.ndarray, names: Sequence[str]) -> None:
                 )
 
 
+LOW_COVERAGE = 0.9  # a resampled sequence holding less of the T1ce's brain than this gets a warning
+
+
+def brain_coverage(channel: np.ndarray, reference_channel: np.ndarray) -> float:
+    """The fraction of the reference sequence's non-zero voxels (its brain, when skull-stripped) where ``channel``
+    is non-zero too: how much of the T1ce's brain a sequence resampled onto its grid actually covers."""
+    brain = reference_channel != 0
+    return float(np.count_nonzero(brain & (channel != 0)) / max(np.count_nonzero(brain), 1))
+
+
 def load_case(paths: Mapping[str, str | Path]) -> Case:
     """Load four modality files (keys of :data:`MODALITIES`) onto the T1ce grid."""
     missing = [m for m in MODALITIES if not paths.get(m)]
@@ -309,10 +323,17 @@ def load_case(paths: Mapping[str, str | Path]) -> Case:
         if not data[channel].any():
             raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")
         resampled.append(modality)
+    coverage = {m: brain_coverage(data[MODALITIES.index(m)], data[MODALITIES.index(REFERENCE_MODALITY)]) for m in resampled}
+    for modality, fraction in coverage.items():
+        if fraction < LOW_COVERAGE:
+            log.warning(
+                "brain-tumor-seg: warning: %s: covers only %.0f%% of the %s volume's brain; the rest is treated as empty",
+                paths[modality], 100 * fraction, DISPLAY_NAMES[REFERENCE_MODALITY],
+            )  # fmt: skip
     check_distinct_sequences(data, [str(paths[m]) for m in MODALITIES])
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
-    return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled)
+    return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled, coverage)
 
 
 def load_case_4d(path: str | Path) -> Case:

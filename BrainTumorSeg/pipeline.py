@@ -346,7 +346,8 @@ def segment_to_folder(
     try:
         paths = write_outputs(
             out, case_id, result.labels, case.reference, model_id, case.sources, convention, extras,
-            details=run_details(result), before_commit=control.check,
+            details=run_details(result) | {"resampled": {m: round(f, 3) for m, f in case.coverage.items()}},
+            before_commit=control.check,
         )  # fmt: skip
     except BaseException:
         remove_folders(created)

@@ -231,6 +231,7 @@ def test_a_finished_case_is_segmented_again_when_the_settings_or_wanted_outputs_
     info = json.loads((out / case / f"{case}_volumes.json").read_text())
     assert info["postprocess"]["closing"] == 3 and info["inference"][0]["flips"] == "x"
     assert info["device"] == "cpu" and info["precision"] in ("bfloat16", "fp32") and info["version"]
+    assert info["resampled"] == {}  # the four sequences share the T1ce grid
 
 
 def test_killed_run_resumes_without_redoing_finished_cases(cohort, models_dir, tmp_path):

@@ -112,13 +112,33 @@ def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sampl
             image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, coarse, image.GetDirection(), 0.0)
         sitk.WriteImage(image, str(folder / f"mixed_{modality}.nii.gz"))
     case = resolve_inputs(folder)
-    assert case.resampled == ["t2"]
+    assert case.resampled == ["t2"] and case.coverage["t2"] > 0.99  # the whole brain, no warning
     assert_same_grid(case.reference, sample_case.reference)
     t2 = MODALITIES.index("t2")
     original, resampled = sample_case.data[t2], case.data[t2]
     brain = original > 0
     # Down- then up-sampling blurs, but voxels must stay where they were: strong correlation inside the brain.
     assert np.corrcoef(original[brain], resampled[brain])[0, 1] > 0.9
+
+
+def test_a_sequence_covering_part_of_the_brain_is_used_with_a_warning(tmp_path, sample_dir, caplog):
+    """A T1 cut to the upper half of the head is zero-filled below; the user is told how much of the brain it covers."""
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for modality in MODALITIES:
+        image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
+        if modality == "t1":
+            image = image[:, :, image.GetSize()[2] // 2 :]  # the upper slices only: a smaller field of view
+        sitk.WriteImage(image, str(folder / f"partial_{modality}.nii.gz"))
+    with caplog.at_level("WARNING"):
+        case = resolve_inputs(folder)
+    assert case.resampled == ["t1"] and 0.2 < case.coverage["t1"] < 0.8
+    expected = f"covers only {100 * case.coverage['t1']:.0f}% of the T1ce volume's brain; the rest is treated as empty"
+    assert f"{folder / 'partial_t1.nii.gz'}: {expected}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert resolve_inputs(sample_dir).coverage == {}  # one grid: nothing resampled, nothing to say
+    assert caplog.text == ""
 
 
 def test_every_stored_voxel_type_reads_as_its_float32_values(tmp_path, sample_dir, sample_case):
