@@ -351,18 +351,34 @@ def set_momentum(optimizer: torch.optim.Optimizer, recipe: Recipe, fraction: flo
             group["momentum"] = start + (end - start) * min(1.0, fraction)
 
 
+def loss_scaler(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """A ``torch.amp.GradScaler`` for fp16 autocast (whose small gradients underflow without one), else None: bf16
+    has fp32's range. None with a warning where this PyTorch has none for the device (before 2.3, or an old MPS)."""
+    if dtype is not torch.float16:
+        return None
+    try:
+        return torch.amp.GradScaler(device.type)
+    except (AttributeError, RuntimeError, ValueError) as error:
+        log.warning("fp16 training without loss scaling (no GradScaler for %s: %s); small gradients may vanish", device, error)
+        return None
+
+
 def optimize(
-    loss: torch.Tensor, network: nn.Module, optimizer: Any, schedule: Any, recipe: Recipe, scaler: torch.amp.GradScaler
+    loss: torch.Tensor, network: nn.Module, optimizer: Any, schedule: Any, recipe: Recipe, scaler: Any = None
 ) -> torch.Tensor:
     """One optimizer step on ``loss`` plus the recipe's L1 penalty, then the schedule and max-norm (Havaei); returns
-    the penalised loss. ``scaler`` scales the loss for fp16 so small gradients do not underflow (a no-op when disabled);
-    a step whose gradients overflowed is skipped and the scale lowered."""
+    the penalised loss. ``scaler`` (:func:`loss_scaler`) scales the loss for fp16 so small gradients do not
+    underflow; a step whose gradients overflowed is then skipped and the scale lowered."""
     if recipe.l1:
         loss = loss + recipe.l1 * l1_penalty(network)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     schedule.step()
     if recipe.max_norm:
         apply_max_norm(network, recipe.max_norm)
@@ -389,14 +405,12 @@ def train_mode(network: nn.Module, phase: Phase) -> None:
                 module.eval()
 
 
-def checkpoint_state(
-    network: nn.Module, optimizer: Any, schedule: Any, scaler: torch.amp.GradScaler, step: int, phase: int, extra: dict
-) -> dict:
+def checkpoint_state(network: nn.Module, optimizer: Any, schedule: Any, scaler: Any, step: int, phase: int, extra: dict) -> dict:
     return {
         "network": network.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict(),  # empty unless fp16
+        **({"scaler": scaler.state_dict()} if scaler is not None else {}),  # fp16 only
         "step": step,
         "phase": phase,
         **extra,
@@ -489,11 +503,11 @@ def train(
         parameters = set_trainable(network, phase)
         model = context.wrap(training_view(network, recipe))
         optimizer, schedule = make_optimizer(recipe, parameters, phase.end - begin)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 only: bf16 has fp32's range
+        scaler = loss_scaler(device, dtype)
         if state is not None and resumed_phase == phase_index and step > begin:
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
-            if state.get("scaler"):
+            if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
         seed = recipe.seed + step + 1_000_003 * context.rank  # each rank (and each resumption) draws its own share
         sampler = make_sampler(recipe, card, network, train_cases, phase, seed)

@@ -103,20 +103,29 @@ def test_fp16_training_scales_the_loss_so_small_gradients_do_not_vanish():
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         with torch.autocast("cpu", dtype=torch.float16):
             loss = network(torch.randn(4, 8)).float().mean() * 1e-9
-        train.optimize(loss, network, optimizer, schedule, recipe, torch.amp.GradScaler("cpu", enabled=scaled))
+        scaler = train.loss_scaler(torch.device("cpu"), torch.float16) if scaled else None
+        train.optimize(loss, network, optimizer, schedule, recipe, scaler)
         moved[scaled] = float((network[0].weight.detach() - before).abs().max())
     assert moved[False] == 0.0  # the fp16 gradient underflowed
     assert 1e-3 < moved[True] < 1.0  # lr 1e8 x a gradient of about 1e-10: the scale was taken out again
 
 
 @needs_brats
-def test_an_fp16_run_checkpoints_its_loss_scale(data, tmp_path):
+def test_an_fp16_run_resumes_with_its_loss_scale(data, tmp_path):
     out = tmp_path / "run"
     common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
-    assert main([*common, "--batch", "2", "--crop", "48", "48", "--steps", "2", "--precision", "fp16"]) == 0
-    scaler = torch.load(out / "checkpoint.pt", weights_only=True)["scaler"]
-    assert scaler["scale"] > 1 and scaler["_growth_tracker"] >= 0  # resumed with the run's scale, not a fresh one
+    common += ["--batch", "2", "--crop", "48", "48", "--precision", "fp16", "--checkpoint-every", "2"]
+    assert main([*common, "--steps", "2"]) == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["scaler"]["scale"] == 65536.0  # a fresh scale, unchanged unless a step overflowed
+    checkpoint["scaler"]["scale"] = 128.0  # as if the run had lowered it
+    torch.save(checkpoint, out / "checkpoint.pt")
+    assert main([*common, "--steps", "4"]) == 0
+    resumed = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert resumed["step"] == 4 and resumed["scaler"]["scale"] <= 128.0  # went on from 128, not from a fresh 65536
     assert ModelCard.read(out / "unet2d-axial.json").training["precision"] == "float16"
+    assert main([*common[:-4], "--steps", "2", "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    assert "scaler" not in torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)  # bf16 needs none
 
 
 @needs_brats
