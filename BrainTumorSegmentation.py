@@ -617,7 +617,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select the {names} volume(s).").format(names=", ".join(missing)))
         for index, modality in enumerate(MODALITIES):
             for earlier in MODALITIES[:index]:
-                if volumes[modality] is volumes[earlier]:
+                if volumes[modality].GetID() == volumes[earlier].GetID():
                     raise ValueError(
                         _("Volume '{name}' is selected as both {first} and {second}: choose four different volumes.").format(
                             name=volumes[modality].GetName(), first=MODALITY_TITLES[earlier], second=MODALITY_TITLES[modality]

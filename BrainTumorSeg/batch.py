@@ -101,6 +101,12 @@ def volumes_json(out: Path, case_id: str) -> Path:
     return out / case_id / output_name(case_id, "volumes")
 
 
+def labels_file(out: Path, case_id: str) -> Path:
+    """A finished case's label map, found where batch writes it (not by the path in its volumes JSON, so a moved
+    output folder still works)."""
+    return out / case_id / output_name(case_id, "labels")
+
+
 def metrics_json(out: Path, case_id: str) -> Path:
     """Cache of a case's metrics against its ground truth."""
     return out / case_id / f"{case_id}_metrics.json"
@@ -141,10 +147,17 @@ SETTING_NAMES = {
 }
 
 
-def reasons_to_redo(earlier: Mapping[str, Any], expect: Mapping[str, Any], wanted: Sequence[str]) -> str:
-    """Why a finished case (its volumes JSON ``earlier``) must be segmented again, or "" when it need not be."""
+def reasons_to_redo(
+    earlier: Mapping[str, Any], expect: Mapping[str, Any], wanted: Sequence[str], unrecorded_ok: Sequence[str] = ()
+) -> str:
+    """Why a finished case (its volumes JSON ``earlier``) must be segmented again, or "" when it need not be.
+
+    A key of ``unrecorded_ok`` that ``earlier`` lacks (a JSON from a version that did not record it) is taken to match:
+    e.g. the inference settings when this run keeps every card's own."""
     reasons = []
     for key, value in expect.items():
+        if key in unrecorded_ok and key not in earlier:
+            continue
         if earlier.get(key) != value:
             before = earlier.get(key)
             what = SETTING_NAMES.get(key, f"another {key}")
@@ -171,7 +184,7 @@ def case_metrics(out: Path, case_id: str, truth: Path) -> dict[str, Any]:
         except (OSError, ValueError, KeyError):
             pass  # recompute
     info = json.loads(volumes_json(out, case_id).read_text())
-    labels_path = Path(info["outputs"]["labels"])
+    labels_path = labels_file(out, case_id)
     prediction, pred_image, _ = read_labels(labels_path, info.get("label_convention", "brats2017"))
     reference, truth_image, _ = read_labels(truth)
     check_same_grid(pred_image, labels_path, truth_image, truth)
@@ -262,6 +275,7 @@ def run_batch(
     log: TextIO | None = None,
     expect: Mapping[str, Any] | None = None,
     wanted: Sequence[str] = (),
+    unrecorded_ok: Sequence[str] = (),
 ) -> BatchResult:
     """Segment this shard's cases into ``out/<case id>/``, skipping finished ones; write the CSV after every case.
 
@@ -269,7 +283,7 @@ def run_batch(
     truth gets empty metrics and a note in ``error``. ``expect`` (e.g. ``{"model": id,
     "label_convention": "brats2017"}``): a finished case whose volumes JSON says otherwise was
     made with other settings and is segmented again; so is one without an output kind of ``wanted``
-    (e.g. ``probabilities``, asked for now but not then).
+    (e.g. ``probabilities``, asked for now but not then). ``unrecorded_ok``: see :func:`reasons_to_redo`.
     """
     log = log if log is not None else sys.stderr
     selected = shard.select(list(cases))
@@ -285,7 +299,7 @@ def run_batch(
         started = time.monotonic()
         try:
             earlier = finished_by(out, case_id)
-            stale = earlier is not None and reasons_to_redo(earlier, expect or {}, wanted)
+            stale = earlier is not None and reasons_to_redo(earlier, expect or {}, wanted, unrecorded_ok)
             if stale:
                 bar.clear()
                 log.write(f"brain-tumor-seg: {case_id}: segmented earlier with {stale}; segmenting again\n")
@@ -331,7 +345,7 @@ def _report_finished_case(out: Path, case_id: str, case_folder: Path) -> None:
     from .report import write_case_report
 
     info = json.loads(volumes_json(out, case_id).read_text())
-    labels, _, _ = read_labels(info["outputs"]["labels"], info.get("label_convention", "brats2017"))
+    labels, _, _ = read_labels(labels_file(out, case_id), info.get("label_convention", "brats2017"))
     write_case_report(report_png(out, case_id), resolve_inputs(case_folder), labels, case_id, info.get("model", ""))
 
 

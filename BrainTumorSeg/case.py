@@ -327,7 +327,7 @@ def load_case(paths: Mapping[str, str | Path]) -> Case:
     for modality, fraction in coverage.items():
         if fraction < LOW_COVERAGE:
             log.warning(
-                "brain-tumor-seg: warning: %s: covers only %.0f%% of the %s volume's brain; the rest is treated as empty",
+                "brain-tumor-seg: warning: %s: covers only %.0f%% of the %s volume's non-zero voxels; the rest is read as empty",
                 paths[modality], 100 * fraction, DISPLAY_NAMES[REFERENCE_MODALITY],
             )  # fmt: skip
     check_distinct_sequences(data, [str(paths[m]) for m in MODALITIES])

@@ -331,9 +331,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
         truths = find_label_files(args.truth)
         if not truths:
             raise InputError(args.truth, "no label maps found (in the folder or its subfolders)")
-        without = [case_id for case_id in selected if case_id not in truths]
-        if without and len(without) == len(selected):
+        if not set(cases) & set(truths):
             raise InputError(args.truth, "no ground truth for any case of the cohort (label maps are matched by case id)")
+        without = [case_id for case_id in selected if case_id not in truths]
         if without:
             shown = ", ".join(without[:5]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
             print(f"brain-tumor-seg: warning: no ground truth in {args.truth} for {shown}", file=sys.stderr)
@@ -341,7 +341,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     options = run_options(args, cards, members)
     model_id = models_name(cards)
     check_writable(args.out)
-    from .pipeline import segment_to_folder
+    from .pipeline import InferenceOptions, segment_to_folder
 
     def segment(case_id: str, folder: Path, out: Path, report: bool, progress: Callable[[int, int], None]) -> None:
         case = resolve_inputs(folder)
@@ -351,8 +351,11 @@ def run_batch_command(args: argparse.Namespace) -> int:
     with terminate_as_exit():
         expect = batch_expectation(model_id, args.labels, options, members)
         wanted = ("probabilities", "uncertainty") if options.probabilities else ()
+        # older volumes JSONs do not record the inference settings: taken as the cards' own when this run keeps them
+        unrecorded_ok = ("inference",) if options.inference == InferenceOptions() else ()
+        bar = ProgressBar(len(selected))
         result = run_batch(
-            cases, args.out, segment, truths, shard, args.report, ProgressBar(len(selected)), expect=expect, wanted=wanted
+            cases, args.out, segment, truths, shard, args.report, bar, expect=expect, wanted=wanted, unrecorded_ok=unrecorded_ok
         )
     counts = {status: sum(row["status"] == status for row in result.rows) for status in (SEGMENTED, DONE, FAILED)}
     counted = f"{len(cases)} case" + ("s" if len(cases) != 1 else "")
@@ -406,8 +409,8 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: c.to_json() | {"path": str(c.path)} for k, c in cards.items()}, indent=2))
         return 0
-    wide = max((len(card.id) for card in cards.values()), default=2)  # columns as wide as their longest entry
-    kind = max((len(card.architecture) for card in cards.values()), default=12)
+    wide = max([len("id"), *(len(card.id) for card in cards.values())])  # columns as wide as their longest entry
+    kind = max([len("architecture"), *(len(card.architecture) for card in cards.values())])
     print(f"{'id':<{wide}} {'architecture':<{kind}} {'WT':>6} {'TC':>6} {'ET':>6}  name")
     for card in cards.values():
         dice = card.validation.get("dice", {})

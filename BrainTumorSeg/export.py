@@ -18,6 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 import nrrd
 import numpy as np
 import SimpleITK as sitk
@@ -206,37 +211,53 @@ def check_writable(folder: Path, keep: bool = True) -> bool:
     return bool(created)
 
 
+STAGING_LOCK = ".lock"  # held (flock) by the process writing a staging folder, for as long as it lives
+
+
 def staging_owner() -> str:
     """The part of a staging folder's name after :data:`STAGING_PREFIX` that says who made it: ``<host>-<pid>-``."""
     host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
     return f"{host}-{os.getpid()}-"
 
 
-def process_is_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (POSIX; on Windows always True, so nothing is removed)."""
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def hold_staging_lock(staging: Path) -> int | None:
+    """Lock ``staging``'s lock file for this process (POSIX ``flock``; the kernel releases it when the process ends,
+    however it ends); returns the descriptor to close at the end, or None where there is no ``flock`` (Windows)."""
+    if fcntl is None:
+        return None
+    handle = os.open(staging / STAGING_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def writer_is_gone(staging: Path) -> bool:
+    """True when nothing holds ``staging``'s lock: the process that made it ended without removing it (SIGKILL).
+    False while it is held, before the lock file exists (the folder is being made), and where there is no ``flock``."""
+    if fcntl is None:
         return False
-    except PermissionError:  # another user's process
+    try:
+        handle = os.open(staging / STAGING_LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except OSError:
+        return False
+    finally:
+        os.close(handle)
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:
-    """Remove staging folders in ``folder`` that a process of this machine which no longer runs (killed with
-    SIGKILL, say) left behind; returns them. Folders of live processes, of other machines (a shared file system) and
-    of unknown owners are kept."""
+    """Remove staging folders in ``folder`` that a process of this machine left when it was killed (its lock is no
+    longer held); returns them. Folders of live processes, of other machines (a shared file system, where locks
+    may be local) and of older versions (no lock file) are kept."""
     host = staging_owner().split("-", 1)[0]
     removed = []
-    for item in folder.glob(f"{STAGING_PREFIX}*"):
-        parts = item.name[len(STAGING_PREFIX) :].rsplit("-", 2)  # host, pid, mkdtemp's random part (no "-")
-        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and item.is_dir():
-            if not process_is_alive(int(parts[1])):
-                shutil.rmtree(item, ignore_errors=True)
-                removed.append(item)
+    for item in folder.glob(f"{STAGING_PREFIX}{host}-*"):
+        if item.is_dir() and writer_is_gone(item):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
     return removed
 
 
@@ -249,19 +270,25 @@ def staged_outputs(folder: Path, last: Sequence[str] = (), stale: Sequence[str] 
     so are the files named in ``stale`` (an earlier run's outputs this one does not replace).
     On any error (or interruption) the staging folder is removed and
     nothing new appears in ``folder``. A run killed outright (SIGKILL) cannot remove its own: the
-    staging folder's name carries its host and process id, and the next run writing into the
-    same folder removes it (:func:`remove_stale_staging`).
+    staging folder's name carries its host (and process id), it holds a lock while in use, and the
+    next run on this machine writing into the same folder removes it (:func:`remove_stale_staging`).
     """
     remove_stale_staging(folder)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=STAGING_PREFIX + staging_owner()))
+    lock = None
     try:
+        lock = hold_staging_lock(staging)
         yield staging
-        items = sorted(staging.iterdir(), key=lambda item: (item.name in last, item.name))
+        items = sorted(
+            (item for item in staging.iterdir() if item.name != STAGING_LOCK), key=lambda item: (item.name in last, item.name)
+        )
         for name in (*last, *stale):
             (folder / name).unlink(missing_ok=True)
         for item in items:
             os.replace(item, folder / item.name)
     finally:
+        if lock is not None:
+            os.close(lock)
         shutil.rmtree(staging, ignore_errors=True)
 
 

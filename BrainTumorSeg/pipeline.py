@@ -87,8 +87,9 @@ def inference_record(cards: Sequence[ModelCard], options: InferenceOptions | Non
     for card in cards:
         settings = inference_settings(card, options)
         values = {key: settings.get(key) for key in RECORDED_INFERENCE}
-        values["window"] = list(values["window"]) if values["window"] else None
-        values["overlap"] = float(values["overlap"])
+        windowed = settings["mode"] == "window"  # window and overlap mean nothing to the other modes
+        values["window"] = list(values["window"]) if windowed else None
+        values["overlap"] = float(values["overlap"]) if windowed else None
         record.append({"model": card.id, **values})
     return record
 

@@ -111,6 +111,9 @@ def test_a_truth_folder_matching_no_case_is_an_error_and_one_matching_some_a_war
     assert main(batch_args(cohort, out, models_dir, "--truth", str(other), "--shard", "1/2")) == 0
     warning = f"brain-tumor-seg: warning: no ground truth in {other} for Brats18_CBICA_AQP_1"
     assert warning in capsys.readouterr().err.splitlines()
+    assert main(batch_args(cohort, out, models_dir, "--truth", str(other), "--shard", "2/2")) == 1  # Broken_case fails
+    warning = f"brain-tumor-seg: warning: no ground truth in {other} for Brats18_CBICA_ABM_1, Broken_case"
+    assert warning in capsys.readouterr().err.splitlines()  # none in this shard, some in the cohort: a warning
 
 
 def test_the_volumes_json_marking_a_finished_case_is_moved_into_place_last(tmp_path, monkeypatch):
@@ -232,6 +235,21 @@ def test_a_finished_case_is_segmented_again_when_the_settings_or_wanted_outputs_
     assert info["postprocess"]["closing"] == 3 and info["inference"][0]["flips"] == "x"
     assert info["device"] == "cpu" and info["precision"] in ("bfloat16", "fp32") and info["version"]
     assert info["resampled"] == {}  # the four sequences share the T1ce grid
+
+    # A volumes JSON of an older version, without inference settings: done, unless this run overrides them.
+    marker = out / case / f"{case}_volumes.json"
+    marker.write_text(json.dumps({k: v for k, v in info.items() if k != "inference"}))
+    assert status("--closing", "3")[0] == DONE
+    again, said = status("--closing", "3", "--tta", "x")
+    assert again == SEGMENTED and "segmented earlier with other inference settings (not recorded)" in said
+
+    # The output folder moved elsewhere: finished cases are still found, and scored from their label maps.
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    capsys.readouterr()
+    assert main(batch_args(one, moved, models_dir, "--closing", "3", "--tta", "x", "--truth", str(one))) == 0
+    row = read_csv(moved / "cohort.csv")[case]
+    assert row["status"] == DONE and row["error"] == "" and 0 <= float(row["dice_WT"]) <= 1
 
 
 def test_killed_run_resumes_without_redoing_finished_cases(cohort, models_dir, tmp_path):

@@ -133,7 +133,7 @@ def test_a_sequence_covering_part_of_the_brain_is_used_with_a_warning(tmp_path, 
     with caplog.at_level("WARNING"):
         case = resolve_inputs(folder)
     assert case.resampled == ["t1"] and 0.2 < case.coverage["t1"] < 0.8
-    expected = f"covers only {100 * case.coverage['t1']:.0f}% of the T1ce volume's brain; the rest is treated as empty"
+    expected = f"covers only {100 * case.coverage['t1']:.0f}% of the T1ce volume's non-zero voxels; the rest is read as empty"
     assert f"{folder / 'partial_t1.nii.gz'}: {expected}" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):

@@ -151,9 +151,12 @@ with staged_outputs(Path(sys.argv[1])) as staging:
 
 
 @pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
-def test_staging_of_a_killed_run_is_removed_by_the_next_run_and_a_live_ones_is_kept(tmp_path, sample_case, sample_labels):
+def test_staging_of_a_killed_run_is_removed_by_the_next_run_and_others_are_kept(tmp_path, sample_case, sample_labels):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))  # the package, wherever pytest runs
+
     def stage() -> tuple[subprocess.Popen, str]:
-        process = subprocess.Popen([sys.executable, "-c", STAGE_AND_WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        command = [sys.executable, "-c", STAGE_AND_WAIT, str(tmp_path)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         return process, process.stdout.readline().strip()
 
     live, live_staging = stage()  # first: a run starting later would already remove the killed one's
@@ -162,11 +165,13 @@ def test_staging_of_a_killed_run_is_removed_by_the_next_run_and_a_live_ones_is_k
     killed.wait()
     foreign = tmp_path / f"{STAGING_PREFIX}otherhost-{killed.pid}-abc"  # another machine's, on a shared file system
     foreign.mkdir()
+    unlocked = tmp_path / f"{killed_staging.rsplit('-', 1)[0]}-new"  # this machine's, its lock not made yet
+    unlocked.mkdir()
     try:
-        assert {p.name for p in tmp_path.iterdir()} == {killed_staging, live_staging, foreign.name}
+        assert {p.name for p in tmp_path.iterdir()} == {killed_staging, live_staging, foreign.name, unlocked.name}
         write_outputs(tmp_path, "sample", sample_labels, sample_case.reference, "test-model", sample_case.sources, "brats2017")
         hidden = {p.name for p in tmp_path.iterdir() if p.name.startswith(".")}
-        assert hidden == {live_staging, foreign.name}  # the killed run's is gone; a running one's is not touched
+        assert hidden == {live_staging, foreign.name, unlocked.name}  # only the killed run's is gone
     finally:
         live.kill()
         live.wait()
