@@ -49,7 +49,7 @@ from BrainTumorSeg.segment_choices import (
     offered_models,
     segment_arguments,
 )
-from BrainTumorSeg.slicer_inputs import MODALITIES, assign_modalities, model_label, model_tooltip
+from BrainTumorSeg.slicer_inputs import MODALITIES, assign_modalities, input_file_name, model_label, model_tooltip
 
 MODALITY_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 SAMPLE_CATEGORY = "BrainTumorSegmentation"
@@ -627,7 +627,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
         try:
             files = {}
             for modality in MODALITIES:
-                path = folder / "inputs" / f"case_{modality}.nrrd"
+                path = folder / "inputs" / input_file_name(volumes[modality].GetName(), modality)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if not slicer.util.exportNode(volumes[modality], str(path), {"useCompression": 0}, world=True):
                     raise RuntimeError(f"Could not write the {MODALITY_TITLES[modality]} volume to {path}")

@@ -63,6 +63,13 @@ def assign_modalities(names: Iterable[tuple[str, str]]) -> dict[str, str]:
     return assigned
 
 
+def input_file_name(volume_name: str, modality: str) -> str:
+    """The file a panel input is exported to for the CLI: the volume's name (so an error about the file, and the
+    case id of the outputs, name the volume the user chose), made safe for any file system, then the sequence."""
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", volume_name).strip("._-")[:60] or "volume"
+    return f"{safe}_{modality}.nrrd"
+
+
 def model_label(card: ModelCard) -> str:
     """The text of a model in the model selector."""
     return f"{card.name or card.id} (default)" if card.default else (card.name or card.id)

@@ -12,7 +12,7 @@ import pytest
 import tomllib
 
 from BrainTumorSeg.case import NAME_SUFFIXES
-from BrainTumorSeg.cli import build_parser
+from BrainTumorSeg.cli import build_parser, case_id_of
 from BrainTumorSeg.cli_events import ProgressLineError, parse_progress_line, volume_rows
 from BrainTumorSeg.dependencies import (
     TORCH_REQUIREMENT,
@@ -35,7 +35,7 @@ from BrainTumorSeg.segment_choices import (
     offered_models,
     segment_arguments,
 )
-from BrainTumorSeg.slicer_inputs import assign_modalities, guess_modality, model_label, model_tooltip
+from BrainTumorSeg.slicer_inputs import assign_modalities, guess_modality, input_file_name, model_label, model_tooltip
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {m: f"/data/case_{m}.nrrd" for m in ("t1", "t1ce", "t2", "flair")}
@@ -76,6 +76,15 @@ def test_each_volume_is_used_once_and_the_first_match_wins():
 
 
 # Model selector
+
+
+def test_exported_inputs_are_named_after_their_volumes():
+    """The CLI names the outputs (and any error) after these files: the user's volume names, made safe."""
+    assert input_file_name("Patient 7: T1 post-Gd", "t1ce") == "Patient_7_T1_post-Gd_t1ce.nrrd"
+    assert input_file_name("../..", "t2") == "volume_t2.nrrd" and input_file_name("", "t1") == "volume_t1.nrrd"
+    names = {input_file_name("Volume", m) for m in ("t1", "t1ce", "t2", "flair")}
+    assert len(names) == 4  # four volumes of one name still get four files
+    assert case_id_of(None, "/tmp/run/inputs/" + input_file_name("Patient 7 (2019)", "t1ce")) == "Patient_7_2019"
 
 
 def test_model_tooltip_has_description_dice_and_cpu_time():
