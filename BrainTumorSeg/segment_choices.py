@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models.card import ModelCard, available_models
+from .models.card import ModelCard, ModelCatalog, find_models
 from .models.ensemble import member_cards
 from .slicer_inputs import model_label, model_tooltip
 
@@ -129,8 +129,8 @@ def offered_models(folder: str | Path = "") -> OfferedModels:
 
     ``folder`` holds ``<id>.json`` + ``<id>.safetensors`` as ``brain-tumor-seg train`` writes them; a card
     there wins over a bundled card of the same id, as with ``--models-dir``. Never raises: a folder that
-    does not exist, has no cards or has a card that cannot be read adds nothing (the CLI would fail on
-    such a card, so the folder is then not passed to it either), and ``notes`` says why, one line each.
+    does not exist or has no cards adds nothing, a card that cannot be read is left out (as the CLI
+    leaves it out), and ``notes`` says why, one line each.
     """
     text = str(folder).strip()
     if not text:
@@ -140,18 +140,18 @@ def offered_models(folder: str | Path = "") -> OfferedModels:
         offered = _bundled_models()
         offered.notes.insert(0, f"Models folder {path} does not exist; only the bundled models are offered.")
         return offered
-    try:
-        cards = available_models([path])
-    except ValueError as error:  # errors.InputError: names the card and the problem
-        offered = _bundled_models()
-        offered.notes.insert(0, f"A model card cannot be read, so the models folder is not used: {error}")
-        return offered
+    catalog = find_models([path])
+    cards = catalog.cards
+    notes = broken_notes(catalog)
     own = [card for card in cards.values() if card.path is not None and card.path.parent == path]
     if not own:
-        offered = _bundled_models()
-        offered.notes.insert(0, f"No model cards (<id>.json) in {path}; only the bundled models are offered.")
+        offered = _bundled_models()  # notes the broken cards of the other folders itself
+        broken_here = [
+            note for note, error in zip(notes, catalog.broken.values(), strict=True) if Path(error.path).parent == path
+        ]
+        usable = "no readable model cards" if broken_here else "no model cards (<id>.json)"
+        offered.notes[:0] = [*broken_here, f"{path} has {usable}; only the bundled models are offered."]
         return offered
-    notes = []
     for card in own:
         if problem := _display_problem(card):  # a hand-edited card with a wrong type: leave it out
             notes.append(problem)
@@ -179,8 +179,12 @@ def _display_problem(card: ModelCard) -> str | None:
     return None
 
 
+def broken_notes(catalog: ModelCatalog) -> list[str]:
+    return [f"A model card cannot be read and is left out: {error}" for error in catalog.broken.values()]
+
+
 def _bundled_models() -> OfferedModels:
-    try:
-        return OfferedModels(available_models())
-    except ValueError as error:  # a broken card in BRAIN_TUMOR_SEG_MODELS or the bundled folder
-        return OfferedModels({}, notes=[str(error)])
+    catalog = find_models()  # a broken card in BRAIN_TUMOR_SEG_MODELS or the bundled folder is left out with a note
+    return OfferedModels(
+        catalog.cards, notes=[f"A model card cannot be read and is left out: {e}" for e in catalog.broken.values()]
+    )

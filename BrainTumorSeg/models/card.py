@@ -14,6 +14,7 @@ models before PyTorch is installed; building a network (:mod:`.registry`) needs 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..resources import resources_dir
+
+log = logging.getLogger("brain_tumor_seg")
 
 if TYPE_CHECKING:
     from torch import nn
@@ -154,31 +157,75 @@ def model_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
     return [Path(p) for p in (*extra, *env)] + [resources_dir() / "Models"]
 
 
-def available_models(extra_dirs: Iterable[str | Path] = ()) -> dict[str, ModelCard]:
-    """All model cards by id; an id found in an earlier folder wins over the same id later."""
-    cards: dict[str, ModelCard] = {}
+@dataclass
+class ModelCatalog:
+    """The model cards found, by id, and the card files that could not be read, by file name without ``.json`` (the
+    id ``train`` gives the file) with the error reading them."""
+
+    cards: dict[str, ModelCard]
+    broken: dict[str, InputError]
+
+    def card(self, model_id: str) -> ModelCard:
+        """The card of ``model_id``: InputError naming the broken file when that id's card cannot be read."""
+        if model_id in self.cards:
+            return self.cards[model_id]
+        if model_id in self.broken:
+            raise self.broken[model_id]
+        raise InputError(model_id, f"no such model; available: {', '.join(sorted(self.cards)) or 'none'}")
+
+
+_warned: set[str] = set()  # broken card files already reported by this process
+
+
+def find_models(extra_dirs: Iterable[str | Path] = ()) -> ModelCatalog:
+    """Model cards of every folder (:func:`model_dirs`); an id found in an earlier folder wins over the same id later.
+
+    A card that cannot be read is set aside, not fatal: one broken file does not stop runs of other models. Its id
+    (the file's name) is not taken from a later folder either, so a user's broken card never silently becomes the
+    bundled one of that id. The folders named in ``extra_dirs`` (``--models-dir``) must exist.
+    """
     extra_dirs = list(extra_dirs)
-    for folder in map(Path, extra_dirs):  # named by the user (--models-dir): a typo must not pass unnoticed
+    for folder in map(Path, extra_dirs):  # named by the user: a typo must not pass unnoticed
         if not folder.is_dir():
             raise InputError(folder, "models folder not found" if not folder.exists() else "is not a folder")
+    catalog = ModelCatalog({}, {})
     for folder in model_dirs(extra_dirs):
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.json")):
-            if is_model_card(path):
+            if not is_model_card(path):
+                continue
+            try:
                 card = ModelCard.read(path)
-                cards.setdefault(card.id, card)
-    return cards
+            except InputError as error:
+                if path.stem not in catalog.cards:
+                    catalog.broken.setdefault(path.stem, error)
+                continue
+            if card.id not in catalog.broken:
+                catalog.cards.setdefault(card.id, card)
+    return catalog
+
+
+def warn_broken(catalog: ModelCatalog) -> ModelCatalog:
+    """``catalog``, after one warning on stderr (per process) for each card file that cannot be read."""
+    for error in catalog.broken.values():
+        if error.path not in _warned:
+            _warned.add(error.path)
+            log.warning("brain-tumor-seg: warning: %s; that model is left out", error)
+    return catalog
+
+
+def available_models(extra_dirs: Iterable[str | Path] = ()) -> dict[str, ModelCard]:
+    """All readable model cards by id (:func:`find_models`); a broken card file gets a warning."""
+    return warn_broken(find_models(extra_dirs)).cards
 
 
 def get_model(model_id: str | None = None, extra_dirs: Iterable[str | Path] = ()) -> ModelCard:
     """The card of ``model_id``, or the default model's card."""
-    cards = available_models(extra_dirs)
-    if model_id is None:
-        defaults = [c for c in cards.values() if c.default]
-        if not defaults:
-            raise InputError("models", "no default model found")
-        return defaults[0]
-    if model_id not in cards:
-        raise InputError(model_id, f"no such model; available: {', '.join(sorted(cards)) or 'none'}")
-    return cards[model_id]
+    catalog = warn_broken(find_models(extra_dirs))
+    if model_id is not None:
+        return catalog.card(model_id)
+    defaults = [c for c in catalog.cards.values() if c.default]
+    if not defaults:
+        raise InputError("models", "no default model found")
+    return defaults[0]

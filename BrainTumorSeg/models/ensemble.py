@@ -13,19 +13,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from .card import ModelCard, available_models
+from .card import ModelCard, find_models
 
 
 def member_cards(card: ModelCard, extra_dirs: Iterable[str | Path] = ()) -> list[ModelCard]:
     """The network cards ``card`` stands for: itself, or an ensemble card's members in its order."""
     if not card.is_ensemble:
         return [card]
-    cards = available_models(extra_dirs)
+    catalog = find_models(extra_dirs)
     members = []
     for member_id in card.members:
-        member = cards.get(member_id)
+        if member_id in catalog.broken:
+            raise catalog.broken[member_id]
+        member = catalog.cards.get(member_id)
         if member is None:
-            available = ", ".join(sorted(cards))
+            available = ", ".join(sorted(catalog.cards))
             raise InputError(card.path or card.id, f"ensemble member {member_id!r} not found; available: {available}")
         if member.is_ensemble:
             raise InputError(card.path or card.id, f"ensemble member {member_id!r} is itself an ensemble")

@@ -96,13 +96,31 @@ def test_a_network_card_without_its_network_fields_is_not_a_card(tmp_path):
         ModelCard.read(path)
 
 
-def test_a_card_without_its_architecture_is_reported_and_other_json_files_are_not_cards(tmp_path, capsys):
+def test_a_broken_card_is_left_out_with_a_warning_and_is_an_error_when_asked_for(tmp_path, capsys, caplog):
+    """One broken card does not stop other models; asking for it names the file and the problem. Other JSON files
+    beside the cards (a training log) are not cards at all."""
     path = write_card(tmp_path, {"id": "mine", "config": {}, "inputs": {}, "outputs": {}, "inference": {}})
-    (tmp_path / "history.json").write_text(json.dumps({"step": 3, "loss": 0.2}))  # a log beside the cards: not a card
-    assert main(["models", "--models-dir", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"{PREFIX}{path}: not a valid model card (missing 'architecture')"
-    path.unlink()
-    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    (tmp_path / "history.json").write_text(json.dumps({"step": 3, "loss": 0.2}))
+    problem = f"{path}: not a valid model card (missing 'architecture')"
+    with caplog.at_level("WARNING"):
+        assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    assert caplog.messages == [f"brain-tumor-seg: warning: {problem}; that model is left out"]  # stderr in a shell
+    printed = capsys.readouterr().out
+    assert "unet2d-multiview" in printed and "mine" not in printed
+    out = tmp_path / "out"
+    assert main(["segment", "--sample", "--models-dir", str(tmp_path), "--model", "mine", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"{PREFIX}{problem}"
+    assert not out.exists()
+
+
+def test_a_broken_user_card_never_falls_back_to_the_bundled_model_of_its_id(tmp_path, capsys):
+    (tmp_path / "unet2d-axial.json").write_text('{"id": "unet2d-axial", ')  # a half-written card of a bundled id
+    out = tmp_path / "out"
+    assert main(["segment", "--sample", "--models-dir", str(tmp_path), "--model", "unet2d-axial", "--out", str(out)]) == 2
+    assert main(["segment", "--sample", "--models-dir", str(tmp_path), "--out", str(out)]) == 2  # the default uses it
+    errors = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith(PREFIX)]
+    assert len(errors) == 2 and all(f"{tmp_path / 'unet2d-axial.json'}: not a valid model card" in e for e in errors)
+    assert not out.exists()
 
 
 def test_a_models_folder_that_is_not_there_is_an_error(tmp_path, capsys):

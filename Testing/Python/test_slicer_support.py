@@ -206,17 +206,21 @@ def test_a_folder_without_cards_leaves_the_bundled_models(bundled, tmp_path):
     (tmp_path / "notes.json").write_text('{"epochs": 3}')  # JSON that is not a model card
     offered = offered_models(tmp_path)
     assert set(offered.cards) == set(bundled) and offered.folders == []
-    assert len(offered.notes) == 1 and "No model cards" in offered.notes[0]
+    assert len(offered.notes) == 1 and "has no model cards (<id>.json)" in offered.notes[0]
     missing = offered_models(tmp_path / "absent")
     assert set(missing.cards) == set(bundled) and missing.folders == [] and "does not exist" in missing.notes[0]
 
 
-def test_an_unreadable_card_leaves_the_bundled_models_and_says_which(bundled, tmp_path):
+def test_an_unreadable_card_is_left_out_with_a_note_and_the_others_are_offered(bundled, tmp_path):
     folder = trained_model(tmp_path)
     (folder / "broken.json").write_text('{"id": "broken", "architecture": "unet2d",')
     offered = offered_models(folder)
-    assert set(offered.cards) == set(bundled) and offered.folders == []  # the CLI would fail on the folder too
-    assert len(offered.notes) == 1 and "broken.json" in offered.notes[0]
+    assert set(offered.cards) == set(bundled) | {"my-unet"} and offered.folders == [folder]  # the CLI skips it too
+    assert len(offered.notes) == 1 and "broken.json" in offered.notes[0] and "left out" in offered.notes[0]
+    (folder / "my-unet.json").unlink()
+    offered = offered_models(folder)  # nothing readable left: the folder is not passed on
+    assert set(offered.cards) == set(bundled) and offered.folders == []
+    assert "broken.json" in offered.notes[0] and "has no readable model cards" in offered.notes[1]
 
 
 def test_a_card_the_selector_cannot_show_is_left_out_with_a_note(bundled, tmp_path):
@@ -239,7 +243,7 @@ def test_a_broken_card_in_the_environment_folder_breaks_nothing(tmp_path, monkey
     (tmp_path / "bad.json").write_text("not json")
     monkeypatch.setenv(MODELS_ENV, str(tmp_path))
     offered = offered_models("")
-    assert offered.cards == {} and "bad.json" in offered.notes[0]
+    assert set(offered.cards) == set(available_models()) and "bad.json" in offered.notes[0]  # the bundled ones still
 
 
 # Progress lines
