@@ -246,12 +246,6 @@ def check_image(image: sitk.Image, path: str | Path) -> None:
         raise InputError(path, "image is all zeros")
 
 
-def check_volume(image: sitk.Image, path: str | Path) -> np.ndarray:
-    """Validate a scalar 3D volume (:func:`check_image`); returns its voxels as float32 (SimpleITK order)."""
-    check_image(image, path)
-    return np.array(sitk.GetArrayViewFromImage(image), dtype=np.float32)  # one copy, made while ``image`` is alive
-
-
 def _read_volume(path: str | Path) -> sitk.Image:
     image = read_image(path)
     check_image(image, path)
@@ -349,11 +343,13 @@ def load_case_4d(path: str | Path) -> Case:
     else:
         raise InputError(path, "expected a 4D image with 4 channels (FLAIR, T1w, T1gd, T2w)")
     names = {m: f"{path} (channel {c}, {DISPLAY_NAMES[m]})" for c, m in enumerate(MSD_CHANNEL_ORDER)}
-    arrays = {m: check_volume(ch, names[m]) for m, ch in zip(MSD_CHANNEL_ORDER, channels, strict=True)}
     reference = channels[MSD_CHANNEL_ORDER.index(REFERENCE_MODALITY)]
+    data = np.empty((len(MODALITIES), *reversed(reference.GetSize())), dtype=np.float32)
+    for modality, channel in zip(MSD_CHANNEL_ORDER, channels, strict=True):  # checked in the file's channel order
+        check_image(channel, names[modality])
+        data[MODALITIES.index(modality)] = sitk.GetArrayViewFromImage(channel)  # one copy, while ``channel`` lives
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
-    data = np.stack([arrays[m] for m in MODALITIES])
     check_distinct_sequences(data, [names[m] for m in MODALITIES])
     return Case(grid, data, {m: f"{path}#{MSD_CHANNEL_ORDER.index(m)}" for m in MODALITIES})
 
