@@ -48,7 +48,7 @@ from .havaei_training import (
     load_first_cnn,
     output_layer,
 )
-from .labels import region_masks
+from .labels import CONVENTIONS, region_masks
 from .losses import LOSSES, Loss
 from .metrics import mean_region_dice, region_dice
 from .models.card import ARCHITECTURE_NAMES, ModelCard, is_model_card
@@ -56,6 +56,7 @@ from .models.registry import load_weights, save_weights
 from .pipeline import predict_with_card
 from .postprocess import probabilities_to_labels
 from .recipes import CASCADES, HAVAEI, Recipe, default_template, keras_variant
+from .resources import resources_dir
 from .training_data import CLASSES, BlockSampler, CachedCase, PatchSampler, SliceSampler, load_training_case, shard
 from .training_progress import TrainingProgress
 
@@ -164,12 +165,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--convention", default="brats2017", help="label convention of the ground-truth files")
+    p.add_argument("--convention", default="brats2017", choices=CONVENTIONS, help="label convention of the ground-truth files")
     p.add_argument("--quiet", action="store_true", help="no progress bar or step lines")
     args = p.parse_args(argv)
     if not args.card and not args.architecture:
         p.error("give --card TEMPLATE or --architecture NAME")
     return args
+
+
+def read_split(path: Path) -> dict[str, list[str]]:
+    """The split file: ``{"train": [ids], "validation": [ids]}``, both non-empty, no id twice; InputError naming the file."""
+    try:
+        split = json.loads(path.read_text())
+    except OSError as error:
+        raise InputError(path, f"split file cannot be read ({error.strerror or error})") from None
+    except ValueError as error:
+        raise InputError(path, f"split file is not JSON ({error})") from None
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "validation")):
+        raise InputError(path, 'a split file is a JSON object {"train": [case ids], "validation": [case ids]}')
+    for part in ("train", "validation"):
+        ids = split[part]
+        if not ids or not all(isinstance(i, str) and i for i in ids):
+            raise InputError(path, f'"{part}" must list at least one case id')
+        if twice := sorted({i for i in ids if ids.count(i) > 1}):
+            raise InputError(path, f'"{part}" lists {", ".join(twice)} more than once')
+    if both := sorted(set(split["train"]) & set(split["validation"])):
+        raise InputError(path, f"{', '.join(both[:5])} {'is' if len(both) == 1 else 'are'} in both train and validation")
+    return {"train": list(split["train"]), "validation": list(split["validation"])}
+
+
+def check_recipe_numbers(recipe: Recipe) -> None:
+    """InputError for sizes and rates that cannot train (zero or negative), naming the flag."""
+    if recipe.steps < 0 or recipe.phase2_steps < 0 or recipe.steps + recipe.phase2_steps == 0:
+        raise InputError("--steps", "nothing to train: give a positive number of steps (or of --phase2-steps)")
+    for flag, value in (("--batch", recipe.batch), ("--validate-every", recipe.validate_every)):
+        if value <= 0:
+            raise InputError(flag, f"must be positive, not {value}")
+    if recipe.lr < 0:
+        raise InputError("--lr", f"must not be negative, not {recipe.lr}")
+    for flag, sizes in (("--crop", recipe.crop), ("--block", recipe.block)):
+        if min(sizes) < 8:
+            raise InputError(flag, f"sizes of at least 8 voxels, not {' '.join(map(str, sizes))}")
 
 
 def read_json_argument(value: str) -> dict[str, Any]:
@@ -189,7 +225,14 @@ def read_json_argument(value: str) -> dict[str, Any]:
 def build_template(args: argparse.Namespace) -> tuple[ModelCard, Recipe]:
     """The card to train and its recipe: template (or the architecture's default), variant, --config and flag overrides."""
     if args.card:
-        template = json.loads(args.card.read_text())
+        try:
+            template = json.loads(args.card.read_text())
+        except OSError as error:
+            raise InputError(args.card, f"template cannot be read ({error.strerror or error})") from None
+        except ValueError as error:
+            raise InputError(args.card, f"template is not JSON ({error})") from None
+        if not isinstance(template, dict):
+            raise InputError(args.card, "a template is a JSON object (a model card with a training block)")
         if args.architecture and template.get("architecture") != args.architecture:
             raise InputError(args.card, f"is a {template.get('architecture')} template, not {args.architecture}")
     else:
@@ -217,10 +260,17 @@ def build_template(args: argparse.Namespace) -> tuple[ModelCard, Recipe]:
     known = {k: v for k, v in template.items() if k in ModelCard.__dataclass_fields__ and k not in ("path", "training")}
     card = ModelCard(**known)
     card.training, card.validation, card.weights = {}, {}, ""
+    source = args.card or "--architecture"
+    missing = [
+        f"{block}.{key}" for block, key in (("inputs", "modalities"), ("outputs", "type")) if key not in getattr(card, block)
+    ]
+    if missing:
+        raise InputError(source, f"the template lacks {', '.join(missing)}")
     try:
         recipe.check(architecture, card.outputs["type"])
     except ValueError as error:
-        raise InputError(args.card or "--architecture", str(error)) from None
+        raise InputError(source, str(error)) from None
+    check_recipe_numbers(recipe)
     return card, recipe
 
 
@@ -275,6 +325,11 @@ def start_from(network: nn.Module, path: Path, model_id: str) -> dict[str, Any]:
         if "seed" in earlier.training:
             record["seed"] = earlier.training["seed"]
     return record
+
+
+def bundled_model_ids() -> set[str]:
+    """Ids of the models shipped in the package's Resources/Models."""
+    return {path.stem for path in (resources_dir() / "Models").glob("*.json")}
 
 
 def warn_if_replaying(init: dict[str, Any], seed: int) -> None:
@@ -443,10 +498,21 @@ def train(
     if not main_rank:
         logging.getLogger().setLevel(logging.WARNING)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    split = json.loads(args.split.read_text())
+    split = read_split(args.split)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(args.out, "output folder is a file, not a folder")
     started_at = datetime.now(timezone.utc)
     started = time.time()
-    network = card.build()  # weights first: a wrong file fails before minutes of case loading
+    try:
+        network = card.build()  # weights first: a wrong file fails before minutes of case loading
+    except (TypeError, ValueError, KeyError) as error:
+        raise InputError("--config", f"not a valid {card.architecture} configuration {card.config} ({error})") from None
+    if main_rank and card.id in bundled_model_ids():
+        log.warning(
+            "model id %s is a bundled model's: in a models folder this model replaces it, also inside ensembles; "
+            "give --id to name yours",
+            card.id,
+        )
     init = start_from(network, args.init, card.id) if args.init else {}
     if main_rank:
         warn_if_replaying(init, recipe.seed)
@@ -455,10 +521,10 @@ def train(
         if args.first_cnn is None:
             raise InputError("--first-cnn", f"{card.architecture} trains with a fixed first CNN: give trained TwoPathCNN weights")
         first_cnn = {"weights": args.first_cnn.name, "sha256": load_first_cnn(network, args.first_cnn)}
-    args.out.mkdir(parents=True, exist_ok=True)
     train_ids = shard(list(split["train"]), context.rank, context.world_size)
     train_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in train_ids]
     val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]] if main_rank else []
+    args.out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a failed start leaves no folder
     log.info("loaded %d training and %d validation cases in %.0f s", len(train_cases), len(val_cases), time.time() - started)
 
     spatial_3d = recipe.sampler == "blocks"

@@ -21,6 +21,8 @@ run) with its own seed draws its own reproducible share.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,10 @@ import SimpleITK as sitk
 import torch
 
 from .case import read_image, resolve_inputs, truth_file
+from .errors import InputError
 from .geometry import Reorientation
 from .inference import AXES, context_stack
-from .labels import from_convention
+from .labels import check_convention, from_convention
 from .preprocess import prepare_oriented
 
 CLASSES = 4  # internal labels 0 background, 1 NCR/NET, 2 ED, 3 ET
@@ -47,9 +50,21 @@ class CachedCase:
     labels: np.ndarray
 
 
+def cache_key(folder: Path, convention: str) -> str:
+    """What a cached case was made from: the folder's absolute path, its image files' names, sizes and modification
+    times, and the label convention; another cohort with the same case ids, a changed file or another convention
+    never reads a stale cache."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    text = json.dumps([str(folder.absolute()), convention, files])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase:
-    """Read, reorient, crop and normalise one case with its labels; cached as .npz."""
-    cached = cache / f"{folder.name}.npz"
+    """Read, reorient, crop and normalise one case with its labels; cached as .npz (:func:`cache_key`)."""
+    check_convention(convention)
+    if not folder.is_dir():
+        raise InputError(folder, "case folder not found")
+    cached = cache / f"{folder.name}-{cache_key(folder, convention)}.npz"
     if cached.is_file():
         with np.load(cached) as z:
             return CachedCase(folder.name, z["data"], z["labels"])

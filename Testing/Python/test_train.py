@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import ROOT, needs_brats, tiny_data
+from train_support import ROOT, TRAIN, needs_brats, tiny_data
 
 from BrainTumorSeg import train
 from BrainTumorSeg.augmentation import augment, from_one_hot, one_hot, rotate_scale_blocks
@@ -139,7 +139,9 @@ def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys,
     caplog.clear()
     assert main([*common, *data.args(second), "--init", str(weights), "--lr", "0"]) == 0  # no step moves a weight
     replay = "--init unet2d-axial.safetensors: its run used seed 0 too, so this run draws the same samples in the same order"
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [replay + "; give --seed N for new ones"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    bundled = "model id unet2d-axial is a bundled model's: in a models folder this model replaces it, also inside ensembles"
+    assert warnings == [bundled + "; give --id to name yours", replay + "; give --seed N for new ones"]
     before, after = load_file(str(weights)), load_file(str(second / "unet2d-axial.safetensors"))
     parameters = [k for k in before if "running_" not in k and "num_batches" not in k]  # not batch statistics
     assert len(parameters) > 10 and all(torch.equal(before[k], after[k]) for k in parameters)
@@ -148,7 +150,7 @@ def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys,
     assert init["model"] == "unet2d-axial" and init["dice"] == ModelCard.read(first / "unet2d-axial.json").validation["dice"]
     caplog.clear()
     assert main([*common, *data.args(tmp_path / "new-seed"), "--init", str(weights), "--seed", "1"]) == 0
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [bundled + "; give --id to name yours"]
     capsys.readouterr()
     default = resources_dir() / "Models" / "unet2d-axial.safetensors"  # the shipped U-Net: other feature widths
     assert main([*common, *data.args(tmp_path / "third"), "--init", str(default)]) == 2
@@ -190,6 +192,72 @@ def test_template_errors_are_one_line_exit_2(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("error:") == 4
     assert "rotating blocks is an augmentation of 3D blocks (slices and patches rotate whenever augmented)" in err
+
+
+def _split(root, content: str):
+    path = root / "split.json"
+    path.write_text(content)
+    return path
+
+
+NO_STEPS = "--steps: nothing to train: give a positive number of steps (or of --phase2-steps)"
+BAD_TRAINING_INPUTS = {
+    "split not found": (
+        lambda root: ["--split", str(root / "nope.json")],
+        "{root}/nope.json: split file cannot be read (No such file or directory)",
+    ),
+    "split not JSON": (
+        lambda root: ["--split", str(_split(root, '{"train": [],'))],
+        "{root}/split.json: split file is not JSON (",
+    ),
+    "split without validation": (
+        lambda root: ["--split", str(_split(root, '{"train": ["a"], "val": ["b"]}'))],
+        '{root}/split.json: a split file is a JSON object {"train": [case ids], "validation": [case ids]}',
+    ),
+    "empty validation": (
+        lambda root: ["--split", str(_split(root, '{"train": ["a"], "validation": []}'))],
+        '{root}/split.json: "validation" must list at least one case id',
+    ),
+    "a case twice": (
+        lambda root: ["--split", str(_split(root, '{"train": ["a", "a"], "validation": ["b"]}'))],
+        '{root}/split.json: "train" lists a more than once',
+    ),
+    "train and validation overlap": (
+        lambda root: ["--split", str(_split(root, '{"train": ["a", "b"], "validation": ["b"]}'))],
+        "{root}/split.json: b is in both train and validation",
+    ),
+    "a case not in --data": (lambda root: ["--data", str(root)], "{root}/" + TRAIN[0] + ": case folder not found"),
+    "unknown config key": (lambda root: ["--config", '{"featurs": 3}'], "--config: not a valid unet2d configuration"),
+    "no steps": (lambda root: ["--steps", "0"], NO_STEPS),
+    "batch 0": (lambda root: ["--batch", "0"], "--batch: must be positive, not 0"),
+    "negative lr": (lambda root: ["--lr", "-1"], "--lr: must not be negative, not -1.0"),
+    "tiny crop": (lambda root: ["--crop", "5", "5"], "--crop: sizes of at least 8 voxels, not 5 5"),
+}
+
+
+@needs_brats
+@pytest.mark.parametrize("kind", list(BAD_TRAINING_INPUTS))
+def test_bad_training_inputs_are_one_line_errors_and_leave_no_output(kind, data, tmp_path, capsys):
+    make, expected = BAD_TRAINING_INPUTS[kind]
+    out = tmp_path / "run"
+    arguments = ["train", "--architecture", "unet2d", *data.args(out), "--quiet", "--steps", "2", "--crop", "48", "48"]
+    arguments += make(tmp_path)  # later flags win
+    capsys.readouterr()
+    assert main(arguments) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "brain-tumor-seg train: error: " + expected.replace("{root}", str(tmp_path))
+    ), lines
+    assert not out.exists()
+
+
+@needs_brats
+def test_an_output_path_that_is_a_file_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("a file\n")
+    assert main(["train", "--architecture", "unet2d", *data.args(out), "--quiet", "--steps", "2"]) == 2
+    assert capsys.readouterr().err.strip() == f"brain-tumor-seg train: error: {out}: output folder is a file, not a folder"
+    assert out.read_text() == "a file\n"
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
