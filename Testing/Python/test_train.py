@@ -129,6 +129,43 @@ def test_an_fp16_run_resumes_with_its_loss_scale(data, tmp_path):
 
 
 @needs_brats
+def test_ctrl_c_checkpoints_the_last_step_and_the_same_command_resumes(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    command = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    command += ["--batch", "2", "--crop", "48", "48", "--steps", "4", "--checkpoint-every", "100"]
+    real_optimize, calls = train.optimize, []
+
+    def interrupted_on_the_third_step(*arguments):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_optimize(*arguments)
+
+    monkeypatch.setattr(train, "optimize", interrupted_on_the_third_step)
+    assert main(command) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "brain-tumor-seg train: interrupted"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2  # saved although --checkpoint-every is 100
+    monkeypatch.setattr(train, "optimize", real_optimize)
+    assert main(command) == 0
+    assert steps_logged(out) == [1, 2, 3, 4]
+
+
+@needs_brats
+def test_a_checkpoint_of_another_run_is_not_resumed(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    common += ["--batch", "2", "--crop", "48", "48", "--steps", "2"]
+    assert main(common) == 0
+    capsys.readouterr()
+    checkpoint = out / "checkpoint.pt"
+    assert main([*common, "--id", "other-model", "--lr", "0.1"]) == 2
+    expected = f"{checkpoint}: holds a run with another id, lr; run the command that started it to resume, or give another --out"
+    assert capsys.readouterr().err.strip() == f"brain-tumor-seg train: error: {expected}"
+    assert not (out / "other-model.json").exists()
+    assert main([*common, "--steps", "3"]) == 0  # the same run, resumed to go on for longer
+
+
+@needs_brats
 def test_init_starts_from_given_weights_and_records_them(data, tmp_path, capsys, caplog):
     common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', "--quiet"]
     common += ["--batch", "2", "--crop", "48", "48", "--steps", "2"]
