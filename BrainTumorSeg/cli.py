@@ -476,12 +476,16 @@ def console_main() -> None:
     """
     argv = sys.argv[1:]
     keep_freed_memory()
-    code = main(argv)
-    if argv[:1] == ["train"]:
-        raise SystemExit(code)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        code = main(argv)
+        if argv[:1] == ["train"]:
+            raise SystemExit(code)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # stdout closed early (`brain-tumor-seg models | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13  # SIGPIPE
     os._exit(code)
 
 

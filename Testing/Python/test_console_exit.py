@@ -39,3 +39,14 @@ def test_error_exit_code_and_message_survive_the_fast_exit(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("brain-tumor-seg: error: ")
     assert str(missing) in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`brain-tumor-seg models | head -1`: the pipe closes before the table is written; the command stops quietly."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    command = [sys.executable, "-m", "BrainTumorSeg.cli", "models"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process.stdout.close()  # before the child has written anything
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports a command a pipe cut short
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
