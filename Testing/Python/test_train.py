@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 from train_support import ROOT, TRAIN, needs_brats, tiny_data
@@ -286,6 +288,23 @@ def test_bad_training_inputs_are_one_line_errors_and_leave_no_output(kind, data,
         "brain-tumor-seg train: error: " + expected.replace("{root}", str(tmp_path))
     ), lines
     assert not out.exists()
+
+
+@needs_brats
+def test_the_case_cache_is_never_read_for_other_files_or_another_convention(data, tmp_path):
+    case = tmp_path / "data" / TRAIN[0]
+    shutil.copytree(data.data / TRAIN[0], case)
+    cache = tmp_path / "cache"
+    first = load_training_case(case, cache, "brats2017")
+    assert load_training_case(case, cache, "brats2017").labels.tobytes() == first.labels.tobytes()
+    assert len(list(cache.glob("*.npz"))) == 1  # read back, not made again
+    truth = next(case.glob("*_seg.nii.gz"))
+    labels = sitk.ReadImage(str(truth))
+    sitk.WriteImage(labels == 2, str(truth))  # the same case id, other labels (edema only, as label 1)
+    changed = load_training_case(case, cache, "brats2017")
+    assert len(list(cache.glob("*.npz"))) == 2 and set(np.unique(changed.labels)) == {0, 1}
+    with pytest.raises(ValueError, match="unknown label convention 'foo'"):
+        load_training_case(case, cache, "foo")
 
 
 @needs_brats
