@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -479,6 +480,9 @@ def console_main() -> None:
     try:
         code = main(argv)
         if argv[:1] == ["train"]:
+            if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # stopped by a signal and saved: a repeat of it
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a launcher forwarding it) must not change the exit code
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise SystemExit(code)
         logging.shutdown()
         sys.stdout.flush()

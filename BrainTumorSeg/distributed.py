@@ -65,6 +65,16 @@ class Distributed:
         dist.all_reduce(tensor)
         return float(tensor) / self.world_size
 
+    def mean_and_any(self, value: float, flag: bool) -> tuple[float, bool]:
+        """The mean of ``value`` and whether any rank's ``flag`` is set, in one collective call."""
+        if not self.enabled:
+            return value, flag
+        tensor = torch.tensor(
+            [value, float(flag)], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu"
+        )
+        dist.all_reduce(tensor)
+        return float(tensor[0]) / self.world_size, bool(tensor[1] > 0)
+
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

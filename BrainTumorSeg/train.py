@@ -22,9 +22,7 @@ import math
 import os
 import platform
 import shlex
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,6 +59,7 @@ from .recipes import CASCADES, HAVAEI, Recipe, default_template, keras_variant
 from .resources import resources_dir
 from .training_data import CLASSES, BlockSampler, CachedCase, PatchSampler, SliceSampler, load_training_case, shard
 from .training_progress import TrainingProgress
+from .training_stop import GracefulStop
 
 log = logging.getLogger("brain_tumor_seg.train")
 
@@ -188,7 +187,7 @@ def read_split(path: Path) -> dict[str, list[str]]:
     for part in ("train", "validation"):
         ids = split[part]
         if not ids or not all(isinstance(i, str) and i for i in ids):
-            raise InputError(path, f'"{part}" must list at least one case id')
+            raise InputError(path, f'"{part}" must be a non-empty list of case ids (strings)')
         if twice := sorted({i for i in ids if ids.count(i) > 1}):
             raise InputError(path, f'"{part}" lists {", ".join(twice)} more than once')
     if both := sorted(set(split["train"]) & set(split["validation"])):
@@ -329,27 +328,45 @@ def start_from(network: nn.Module, path: Path, model_id: str) -> dict[str, Any]:
     return record
 
 
-def run_identity(card: ModelCard, recipe: Recipe) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the model id, architecture, configuration and recipe, in JSON types.
-    The lengths (``--steps``, ``--phase2-steps``) and the validation interval may change: a run can be resumed to add
-    Havaei's phase 2, or to go on for longer."""
-    recipe_fields = {k: v for k, v in recipe.to_dict().items() if k not in ("steps", "phase2_steps", "validate_every")}
+def run_identity(card: ModelCard, recipe: Recipe, init: dict[str, Any], first_cnn: dict[str, str]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed, in JSON types: the model id, architecture, configuration, recipe
+    (but Havaei's ``phase2_steps``, which a resumed run may add, and the validation interval) and the weights it
+    started from (``--init``, a cascade's ``--first-cnn``)."""
+    recipe_fields = {k: v for k, v in recipe.to_dict().items() if k not in ("phase2_steps", "validate_every")}
     identity = {"id": card.id, "architecture": card.architecture, "config": card.config, "recipe": recipe_fields}
+    identity |= {"init": init.get("sha256"), "first_cnn": first_cnn.get("sha256")}
     return json.loads(json.dumps(identity))
 
 
-def check_same_run(checkpoint: Path, recorded: dict[str, Any] | None, identity: dict[str, Any]) -> None:
-    """InputError when ``checkpoint`` belongs to another run than this command's (checkpoints of older versions, which
-    do not record their run, are taken as they are)."""
-    if recorded is None or recorded == identity:
+def check_same_run(checkpoint: Path, state: dict[str, Any], identity: dict[str, Any], recipe: Recipe) -> None:
+    """InputError when ``checkpoint`` (loaded as ``state``) belongs to another run than this command's: only what
+    it recorded is compared (checkpoints of older versions record less, or nothing). ``--phase2-steps`` may change
+    while the run has not passed phase 1, so phase 2 can be added by resuming; for a longer run, start a new one from
+    the weights (``--init``)."""
+    recorded = state.get("run")
+    if recorded is None:
         return
-    differing = [k for k in ("id", "architecture", "config") if recorded.get(k) != identity[k]]
+    differing = [k for k in ("id", "architecture", "config", "init", "first_cnn") if k in recorded and recorded[k] != identity[k]]
     before, now = recorded.get("recipe", {}), identity["recipe"]
-    differing += sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    raise InputError(
-        checkpoint,
-        f"holds a run with another {', '.join(differing)}; run the command that started it to resume, or give another --out",
-    )
+    differing += sorted(k for k in before if before[k] != now.get(k))
+    if int(state["step"]) > recipe.steps and recorded.get("phase2_steps", recipe.phase2_steps) != recipe.phase2_steps:
+        differing.append("phase2_steps (phase 2 has begun)")
+    if differing:
+        names = {"init": "--init weights", "first_cnn": "--first-cnn weights"}
+        what = ", ".join(names.get(k, k) for k in differing)
+        advice = "run the command that started it to resume, or give another --out"
+        raise InputError(checkpoint, f"holds a run with another {what}; {advice}")
+
+
+def check_output_folder(out: Path) -> None:
+    """InputError, before minutes of case loading, when ``out`` cannot become a writable folder."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output folder is a file, not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(out, f"output folder cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(out, f"output folder cannot be written ({existing} is not writable)")
 
 
 def bundled_model_ids() -> set[str]:
@@ -506,39 +523,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brain-tumor-seg train: error: {error}", file=sys.stderr)
         return 2
     context = distributed.start(resolve_device(args.device))
-    previous = (
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt) if threading.current_thread() is threading.main_thread() else None
-    )
-    try:
-        return train(args, card, recipe, context, argv)
-    except InputError as error:
-        print(f"brain-tumor-seg train: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("brain-tumor-seg train: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        context.shutdown()
-
-
-def _terminate_as_interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (a cluster's time limit, ``kill``) stops training as Ctrl-C does: the last step is checkpointed."""
-    raise KeyboardInterrupt
+    with GracefulStop() as stop:
+        try:
+            return train(args, card, recipe, context, argv, stop)
+        except InputError as error:
+            print(f"brain-tumor-seg train: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("brain-tumor-seg train: interrupted", file=sys.stderr)
+            return stop.exit_code
+        finally:
+            context.shutdown()
 
 
 def train(
-    args: argparse.Namespace, card: ModelCard, recipe: Recipe, context: distributed.Distributed, argv: list[str] | None
+    args: argparse.Namespace,
+    card: ModelCard,
+    recipe: Recipe,
+    context: distributed.Distributed,
+    argv: list[str] | None,
+    stop: GracefulStop | None = None,
 ) -> int:
+    """Train ``card`` with ``recipe`` (see the module docstring); ``stop`` ends the loop at a step boundary."""
+    stop = stop or GracefulStop()
     device, main_rank = context.device, context.is_main
     dtype = autocast_dtype(device, args.precision)
     if not main_rank:
         logging.getLogger().setLevel(logging.WARNING)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     split = read_split(args.split)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(args.out, "output folder is a file, not a folder")
+    check_output_folder(args.out)
     started_at = datetime.now(timezone.utc)
     started = time.time()
     try:
@@ -578,10 +592,10 @@ def train(
     # `validate` (CPU, --precision fp32|bf16) can repeat with the fp16 weights
     deferrable = device.type == "cpu" and dtype in (None, torch.bfloat16)
     final_evaluation: dict | None = None
-    identity = run_identity(card, recipe)
+    identity = run_identity(card, recipe, init, first_cnn) | {"phase2_steps": recipe.phase2_steps}
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
-        check_same_run(checkpoint, state.get("run"), identity)
+        check_same_run(checkpoint, state, identity, recipe)
         network.load_state_dict(state["network"])
         step, resumed_phase = int(state["step"]), int(state["phase"])
         history, elapsed = list(state.get("history", [])), float(state.get("minutes", 0.0))
@@ -601,71 +615,70 @@ def train(
             torch.save(checkpoint_state(network, optimizer, schedule, scaler, step, phase_index, extra), partial)
             partial.replace(checkpoint)
 
-    phase_index = 0
-    try:
-        for phase_index, phase in enumerate(phases):
-            begin = phases[phase_index - 1].end if phase_index else 0
-            if step >= phase.end:
-                continue
-            model = None  # release the previous phase's DDP wrapper (and its gradient hooks) first
-            parameters = set_trainable(network, phase)
-            model = context.wrap(training_view(network, recipe))
-            optimizer, schedule = make_optimizer(recipe, parameters, phase.end - begin)
-            scaler = loss_scaler(device, dtype)
-            if state is not None and resumed_phase == phase_index and step > begin:
-                optimizer.load_state_dict(state["optimizer"])
-                schedule.load_state_dict(state["schedule"])
-                if scaler is not None and state.get("scaler"):
-                    scaler.load_state_dict(state["scaler"])
-            seed = recipe.seed + step + 1_000_003 * context.rank  # each rank (and each resumption) draws its own share
-            sampler = make_sampler(recipe, card, network, train_cases, phase, seed)
-            generator = torch.Generator().manual_seed(seed)
-            while step < phase.end:
-                train_mode(network, phase)
-                x, target = make_batch(recipe, sampler, card.outputs["type"], generator)
-                x = x.to(device).contiguous(memory_format=memory_format) if not spatial_3d else x.to(device)
-                target = target.to(device)
-                if not phase.output_only:
-                    set_momentum(optimizer, recipe, (step - begin) / max(1, phase.end - begin))
-                with autocast(device, dtype):
-                    logits = model(x)
-                loss = optimize(loss_fn(logits, target), network, optimizer, schedule, recipe, scaler)
-                step += 1
-                value = context.mean(float(loss.detach()))
-                running = value if running is None else 0.95 * running + 0.05 * value
-                lr = schedule.get_last_lr()[0]
-                if main_rank:
-                    with losses_log.open("a") as f:
-                        f.write(json.dumps({"step": step, "phase": phase.name, "loss": round(value, 6), "lr": lr}) + "\n")
-                progress.update(step, running, lr, phase.name if len(phases) > 1 else "")
-                if main_rank and step == phase.end and phase is not phases[-1]:
-                    # written before any checkpoint past this phase (a resumed run skips the phase); they let a later
-                    # phase be redone alone (--init ... --steps 0) after the checkpoint has moved on
-                    phase_end = args.out / f"{card.id}-{phase.name.replace(' ', '')}.safetensors"
-                    save_weights(network, phase_end, dtype=torch.float32)
-                    log.info("wrote %s (the weights at the end of %s)", phase_end, phase.name)
-                at_end = step == total  # the end of the last phase; earlier phases only on the validate_every grid
-                if step % recipe.validate_every == 0 or at_end:
-                    context.sync_buffers(network)
-                    if main_rank:
-                        network.eval()
-                        result = evaluate(network, card, val_cases, device, dtype)
-                        final_evaluation = result if at_end and deferrable else None
-                        minutes = round(elapsed + (time.time() - started) / 60, 1)
-                        history.append(
-                            {"step": step, "phase": phase.name, "loss": round(running, 4), "minutes": minutes, **result["dice"]}
-                        )
-                        progress.message(f"validation at step {step}: {result['dice']}")
-                    save(step, phase_index)
-                    context.barrier()
-                elif step % args.checkpoint_every == 0:
-                    save(step, phase_index)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): keep the last finished step, so no work is lost
-        if optimizer is not None and step > 0:
-            save(step, phase_index)
+    stop.in_loop = True
+    for phase_index, phase in enumerate(phases):
+        begin = phases[phase_index - 1].end if phase_index else 0
+        if step >= phase.end:
+            continue
+        model = None  # release the previous phase's DDP wrapper (and its gradient hooks) first
+        parameters = set_trainable(network, phase)
+        model = context.wrap(training_view(network, recipe))
+        optimizer, schedule = make_optimizer(recipe, parameters, phase.end - begin)
+        scaler = loss_scaler(device, dtype)
+        if state is not None and resumed_phase == phase_index and step > begin:
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        seed = recipe.seed + step + 1_000_003 * context.rank  # each rank (and each resumption) draws its own share
+        sampler = make_sampler(recipe, card, network, train_cases, phase, seed)
+        generator = torch.Generator().manual_seed(seed)
+        while step < phase.end:
+            train_mode(network, phase)
+            x, target = make_batch(recipe, sampler, card.outputs["type"], generator)
+            x = x.to(device).contiguous(memory_format=memory_format) if not spatial_3d else x.to(device)
+            target = target.to(device)
+            if not phase.output_only:
+                set_momentum(optimizer, recipe, (step - begin) / max(1, phase.end - begin))
+            with autocast(device, dtype):
+                logits = model(x)
+            loss = optimize(loss_fn(logits, target), network, optimizer, schedule, recipe, scaler)
+            step += 1
+            value, stop_now = context.mean_and_any(float(loss.detach()), stop.requested)  # every rank stops at one step
+            running = value if running is None else 0.95 * running + 0.05 * value
+            lr = schedule.get_last_lr()[0]
             if main_rank:
-                log.warning("interrupted after step %d; saved %s: run the same command to resume", step, checkpoint)
-        raise
+                with losses_log.open("a") as f:
+                    f.write(json.dumps({"step": step, "phase": phase.name, "loss": round(value, 6), "lr": lr}) + "\n")
+            progress.update(step, running, lr, phase.name if len(phases) > 1 else "")
+            if main_rank and step == phase.end and phase is not phases[-1]:
+                # written before any checkpoint past this phase (a resumed run skips the phase); they let a later
+                # phase be redone alone (--init ... --steps 0) after the checkpoint has moved on
+                phase_end = args.out / f"{card.id}-{phase.name.replace(' ', '')}.safetensors"
+                save_weights(network, phase_end, dtype=torch.float32)
+                log.info("wrote %s (the weights at the end of %s)", phase_end, phase.name)
+            at_end = step == total  # the end of the last phase; earlier phases only on the validate_every grid
+            if step % recipe.validate_every == 0 or at_end:
+                context.sync_buffers(network)
+                if main_rank:
+                    network.eval()
+                    result = evaluate(network, card, val_cases, device, dtype)
+                    final_evaluation = result if at_end and deferrable else None
+                    minutes = round(elapsed + (time.time() - started) / 60, 1)
+                    history.append(
+                        {"step": step, "phase": phase.name, "loss": round(running, 4), "minutes": minutes, **result["dice"]}
+                    )
+                    progress.message(f"validation at step {step}: {result['dice']}")
+                save(step, phase_index)
+                context.barrier()
+            elif step % args.checkpoint_every == 0:
+                save(step, phase_index)
+            if stop_now and step < total:  # Ctrl-C or SIGTERM (training_stop): this step is finished, validated if due
+                save(step, phase_index)
+                if main_rank:
+                    log.warning("stopped after step %d; saved %s: run the same command to resume", step, checkpoint)
+                raise KeyboardInterrupt
+    stop.in_loop = False
 
     rank_weights = os.environ.get(RANK_WEIGHTS_ENV)
     if rank_weights:

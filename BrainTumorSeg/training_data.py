@@ -51,10 +51,11 @@ class CachedCase:
 
 
 def cache_key(folder: Path, convention: str) -> str:
-    """What a cached case was made from: the folder's absolute path, its image files' names, sizes and modification
-    times, and the label convention; another cohort with the same case ids, a changed file or another convention
-    never reads a stale cache."""
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    """What a cached case was made from: the folder's absolute path, its files' names, sizes and modification and
+    change times (a copy that keeps the modification time still gets a new change time), and the label convention;
+    another cohort with the same case ids, a changed file or another convention never reads a stale cache."""
+    stats = [(p.name, p.stat()) for p in folder.iterdir() if p.is_file()]
+    files = sorted((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for name, st in stats)
     text = json.dumps([str(folder.absolute()), convention, files])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

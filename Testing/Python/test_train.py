@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -35,6 +40,19 @@ def data(tmp_path_factory, crop_case):
 @pytest.fixture(scope="module")
 def cases(data):
     return [load_training_case(data.data / c, data.cache, "brats2017") for c in json.loads(data.split.read_text())["train"]]
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Send this process SIGINT (Ctrl-C) while training step ``step`` runs, as a user would."""
+    real_optimize, calls = train.optimize, []
+
+    def optimize(*arguments):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_optimize(*arguments)
+
+    monkeypatch.setattr(train, "optimize", optimize)
 
 
 def steps_logged(out) -> list[int]:
@@ -79,18 +97,45 @@ def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tm
 
 
 @needs_brats
-def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path):
+def test_an_interrupted_run_resumes_from_its_checkpoint(data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C finishes the step in hand and checkpoints it (whatever --checkpoint-every says); the same command resumes
+    there, and drops what a killed run logged after its checkpoint."""
     out = tmp_path / "run"
-    common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
-    common += ["--batch", "2", "--crop", "48", "48", "--validate-every", "100", "--checkpoint-every", "2"]
-    assert main([*common, "--steps", "2"]) == 0
-    first = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert first["step"] == 2
+    command = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
+    command += ["--batch", "2", "--crop", "48", "48", "--validate-every", "100", "--checkpoint-every", "100", "--steps", "4"]
+    interrupt_at(monkeypatch, 2)
+    assert main(command) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "brain-tumor-seg train: interrupted"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    monkeypatch.undo()
     with (out / "losses.jsonl").open("a") as log:  # logged by a killed run after its checkpoint, then a half-written line
         log.write(json.dumps({"step": 3, "phase": "training", "loss": 1.0, "lr": 0.0}) + '\n{"step": 4, "pha')
-    assert main([*common, "--steps", "4"]) == 0  # picks up at step 2, not from scratch
+    assert main(command) == 0  # picks up at step 2, not from scratch
     assert steps_logged(out) == [1, 2, 3, 4]
-    assert [h["step"] for h in ModelCard.read(out / "unet2d-axial.json").training["history"]] == [2, 4]
+    assert [h["step"] for h in ModelCard.read(out / "unet2d-axial.json").training["history"]] == [4]
+
+
+@needs_brats
+def test_sigterm_twice_still_checkpoints_the_step_in_hand(data, tmp_path):
+    """A cluster's time limit: SIGTERM to the job, and again from the launcher. The run saves its last finished step
+    once and ends with 143; the second signal does not cut the save short."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "BrainTumorSeg.cli", "train", "--architecture", "unet2d", *data.args(out), "--quiet"]
+    command += ["--config", '{"features": [4, 8]}', "--batch", "2", "--crop", "48", "48", "--steps", "5000"]
+    command += ["--checkpoint-every", "5000", "--validate-every", "5000"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((out / "losses.jsonl").is_file() and len(steps_logged(out)) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "brain-tumor-seg train: interrupted"
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 2 <= saved == steps_logged(out)[-1]  # the last step logged is the one saved
 
 
 def test_fp16_training_scales_the_loss_so_small_gradients_do_not_vanish():
@@ -113,43 +158,24 @@ def test_fp16_training_scales_the_loss_so_small_gradients_do_not_vanish():
 
 
 @needs_brats
-def test_an_fp16_run_resumes_with_its_loss_scale(data, tmp_path):
+def test_an_fp16_run_resumes_with_its_loss_scale(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     common = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
-    common += ["--batch", "2", "--crop", "48", "48", "--precision", "fp16", "--checkpoint-every", "2"]
-    assert main([*common, "--steps", "2"]) == 0
+    common += ["--batch", "2", "--crop", "48", "48", "--precision", "fp16", "--steps", "4"]
+    interrupt_at(monkeypatch, 2)
+    assert main(common) == 130
+    monkeypatch.undo()
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert checkpoint["scaler"]["scale"] == 65536.0  # a fresh scale, unchanged unless a step overflowed
+    assert checkpoint["step"] == 2 and checkpoint["scaler"]["scale"] == 65536.0  # fresh, unless a step overflowed
     checkpoint["scaler"]["scale"] = 128.0  # as if the run had lowered it
     torch.save(checkpoint, out / "checkpoint.pt")
-    assert main([*common, "--steps", "4"]) == 0
+    assert main(common) == 0
     resumed = torch.load(out / "checkpoint.pt", weights_only=True)
     assert resumed["step"] == 4 and resumed["scaler"]["scale"] <= 128.0  # went on from 128, not from a fresh 65536
     assert ModelCard.read(out / "unet2d-axial.json").training["precision"] == "float16"
-    assert main([*common[:-4], "--steps", "2", "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    bf16 = [*common[:-4], "--steps", "2", "--precision", "bf16", "--out", str(tmp_path / "bf16")]
+    assert main(bf16) == 0
     assert "scaler" not in torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)  # bf16 needs none
-
-
-@needs_brats
-def test_ctrl_c_checkpoints_the_last_step_and_the_same_command_resumes(data, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
-    command = ["train", "--architecture", "unet2d", "--config", '{"features": [4, 8]}', *data.args(out), "--quiet"]
-    command += ["--batch", "2", "--crop", "48", "48", "--steps", "4", "--checkpoint-every", "100"]
-    real_optimize, calls = train.optimize, []
-
-    def interrupted_on_the_third_step(*arguments):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_optimize(*arguments)
-
-    monkeypatch.setattr(train, "optimize", interrupted_on_the_third_step)
-    assert main(command) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "brain-tumor-seg train: interrupted"
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2  # saved although --checkpoint-every is 100
-    monkeypatch.setattr(train, "optimize", real_optimize)
-    assert main(command) == 0
-    assert steps_logged(out) == [1, 2, 3, 4]
 
 
 @needs_brats
@@ -160,11 +186,13 @@ def test_a_checkpoint_of_another_run_is_not_resumed(data, tmp_path, capsys):
     assert main(common) == 0
     capsys.readouterr()
     checkpoint = out / "checkpoint.pt"
-    assert main([*common, "--id", "other-model", "--lr", "0.1"]) == 2
-    expected = f"{checkpoint}: holds a run with another id, lr; run the command that started it to resume, or give another --out"
-    assert capsys.readouterr().err.strip() == f"brain-tumor-seg train: error: {expected}"
+    advice = "run the command that started it to resume, or give another --out"
+    for change, what in ((["--id", "other-model", "--lr", "0.1"], "id, lr"), (["--steps", "3"], "steps")):
+        assert main([*common, *change]) == 2
+        expected = f"{checkpoint}: holds a run with another {what}; {advice}"
+        assert capsys.readouterr().err.strip() == f"brain-tumor-seg train: error: {expected}"
     assert not (out / "other-model.json").exists()
-    assert main([*common, "--steps", "3"]) == 0  # the same run, resumed to go on for longer
+    assert main([*common, "--validate-every", "7"]) == 0  # the same run: only how often it validates differs
 
 
 @needs_brats
@@ -255,7 +283,7 @@ BAD_TRAINING_INPUTS = {
     ),
     "empty validation": (
         lambda root: ["--split", str(_split(root, '{"train": ["a"], "validation": []}'))],
-        '{root}/split.json: "validation" must list at least one case id',
+        '{root}/split.json: "validation" must be a non-empty list of case ids (strings)',
     ),
     "a case twice": (
         lambda root: ["--split", str(_split(root, '{"train": ["a", "a"], "validation": ["b"]}'))],
