@@ -57,14 +57,6 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, value: float) -> float:
-        """The mean of ``value`` over all ranks (the value itself when not distributed)."""
-        if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(tensor)
-        return float(tensor) / self.world_size
-
     def mean_and_any(self, value: float, flag: bool) -> tuple[float, bool]:
         """The mean of ``value`` and whether any rank's ``flag`` is set, in one collective call."""
         if not self.enabled:

@@ -185,6 +185,4 @@ def broken_notes(catalog: ModelCatalog) -> list[str]:
 
 def _bundled_models() -> OfferedModels:
     catalog = find_models()  # a broken card in BRAIN_TUMOR_SEG_MODELS or the bundled folder is left out with a note
-    return OfferedModels(
-        catalog.cards, notes=[f"A model card cannot be read and is left out: {e}" for e in catalog.broken.values()]
-    )
+    return OfferedModels(catalog.cards, notes=broken_notes(catalog))

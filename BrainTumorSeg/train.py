@@ -38,6 +38,7 @@ from .augmentation import augment, from_one_hot, one_hot, rotate_scale_blocks
 from .case import MODALITIES
 from .device import autocast, autocast_dtype, precision_name, resolve_device
 from .errors import InputError
+from .export import check_writable
 from .fp16_check import DEFERRED, TOLERANCE
 from .havaei_training import (
     PatchClassification,
@@ -330,15 +331,15 @@ def start_from(network: nn.Module, path: Path, model_id: str) -> dict[str, Any]:
 
 def run_identity(card: ModelCard, recipe: Recipe, init: dict[str, Any], first_cnn: dict[str, str]) -> dict[str, Any]:
     """What a checkpoint must match to be resumed, in JSON types: the model id, architecture, configuration, recipe
-    (but Havaei's ``phase2_steps``, which a resumed run may add, and the validation interval) and the weights it
-    started from (``--init``, a cascade's ``--first-cnn``)."""
+    (with Havaei's ``phase2_steps`` beside it, which a resumed run may add, and without the validation interval) and
+    the weights it started from (``--init``, a cascade's ``--first-cnn``)."""
     recipe_fields = {k: v for k, v in recipe.to_dict().items() if k not in ("phase2_steps", "validate_every")}
     identity = {"id": card.id, "architecture": card.architecture, "config": card.config, "recipe": recipe_fields}
-    identity |= {"init": init.get("sha256"), "first_cnn": first_cnn.get("sha256")}
+    identity |= {"init": init.get("sha256"), "first_cnn": first_cnn.get("sha256"), "phase2_steps": recipe.phase2_steps}
     return json.loads(json.dumps(identity))
 
 
-def check_same_run(checkpoint: Path, state: dict[str, Any], identity: dict[str, Any], recipe: Recipe) -> None:
+def check_same_run(checkpoint: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
     """InputError when ``checkpoint`` (loaded as ``state``) belongs to another run than this command's: only what
     it recorded is compared (checkpoints of older versions record less, or nothing). ``--phase2-steps`` may change
     while the run has not passed phase 1, so phase 2 can be added by resuming; for a longer run, start a new one from
@@ -349,24 +350,14 @@ def check_same_run(checkpoint: Path, state: dict[str, Any], identity: dict[str, 
     differing = [k for k in ("id", "architecture", "config", "init", "first_cnn") if k in recorded and recorded[k] != identity[k]]
     before, now = recorded.get("recipe", {}), identity["recipe"]
     differing += sorted(k for k in before if before[k] != now.get(k))
-    if int(state["step"]) > recipe.steps and recorded.get("phase2_steps", recipe.phase2_steps) != recipe.phase2_steps:
+    phase1_steps, phase2_steps = identity["recipe"]["steps"], identity["phase2_steps"]
+    if int(state["step"]) > phase1_steps and recorded.get("phase2_steps", phase2_steps) != phase2_steps:
         differing.append("phase2_steps (phase 2 has begun)")
     if differing:
         names = {"init": "--init weights", "first_cnn": "--first-cnn weights"}
         what = ", ".join(names.get(k, k) for k in differing)
         advice = "run the command that started it to resume, or give another --out"
         raise InputError(checkpoint, f"holds a run with another {what}; {advice}")
-
-
-def check_output_folder(out: Path) -> None:
-    """InputError, before minutes of case loading, when ``out`` cannot become a writable folder."""
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output folder is a file, not a folder")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise InputError(out, f"output folder cannot be made: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(out, f"output folder cannot be written ({existing} is not writable)")
 
 
 def bundled_model_ids() -> set[str]:
@@ -552,7 +543,8 @@ def train(
         logging.getLogger().setLevel(logging.WARNING)
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     split = read_split(args.split)
-    check_output_folder(args.out)
+    if main_rank:  # before minutes of case loading; the folder is made once they have loaded (one rank: no race)
+        check_writable(args.out, keep=False)
     started_at = datetime.now(timezone.utc)
     started = time.time()
     try:
@@ -592,10 +584,10 @@ def train(
     # `validate` (CPU, --precision fp32|bf16) can repeat with the fp16 weights
     deferrable = device.type == "cpu" and dtype in (None, torch.bfloat16)
     final_evaluation: dict | None = None
-    identity = run_identity(card, recipe, init, first_cnn) | {"phase2_steps": recipe.phase2_steps}
+    identity = run_identity(card, recipe, init, first_cnn)
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
-        check_same_run(checkpoint, state, identity, recipe)
+        check_same_run(checkpoint, state, identity)
         network.load_state_dict(state["network"])
         step, resumed_phase = int(state["step"]), int(state["phase"])
         history, elapsed = list(state.get("history", [])), float(state.get("minutes", 0.0))
