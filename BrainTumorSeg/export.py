@@ -214,10 +214,14 @@ def check_writable(folder: Path, keep: bool = True) -> bool:
 STAGING_LOCK = ".lock"  # held (flock) by the process writing a staging folder, for as long as it lives
 
 
+def staging_host() -> str:
+    """This machine's name as staging folder names carry it (no ``-``, which separates the name's parts)."""
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+
+
 def staging_owner() -> str:
     """The part of a staging folder's name after :data:`STAGING_PREFIX` that says who made it: ``<host>-<pid>-``."""
-    host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}-"
+    return f"{staging_host()}-{os.getpid()}-"
 
 
 def hold_staging_lock(staging: Path) -> int | None:
@@ -252,9 +256,8 @@ def remove_stale_staging(folder: Path) -> list[Path]:
     """Remove staging folders in ``folder`` that a process of this machine left when it was killed (its lock is no
     longer held); returns them. Folders of live processes, of other machines (a shared file system, where locks
     may be local) and of older versions (no lock file) are kept."""
-    host = staging_owner().split("-", 1)[0]
     removed = []
-    for item in folder.glob(f"{STAGING_PREFIX}{host}-*"):
+    for item in folder.glob(f"{STAGING_PREFIX}{staging_host()}-*"):
         if item.is_dir() and writer_is_gone(item):
             shutil.rmtree(item, ignore_errors=True)
             removed.append(item)

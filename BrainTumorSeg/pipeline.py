@@ -80,18 +80,19 @@ def inference_settings(card: ModelCard, options: InferenceOptions | None = None)
 RECORDED_INFERENCE: tuple[str, ...] = ("mode", "axis", "window", "overlap", "flips")
 
 
+def settings_record(card: ModelCard, settings: dict) -> dict:
+    """How one network ran (the :func:`inference_settings` that decide its labels besides its weights), in JSON types."""
+    values = {key: settings.get(key) for key in RECORDED_INFERENCE}
+    windowed = settings["mode"] == "window"  # window and overlap mean nothing to the other modes
+    values["window"] = list(values["window"]) if windowed else None
+    values["overlap"] = float(values["overlap"]) if windowed else None
+    return {"model": card.id, **values}
+
+
 def inference_record(cards: Sequence[ModelCard], options: InferenceOptions | None = None) -> list[dict]:
-    """How each network ran (the settings that decide its labels besides its weights), in JSON types, as the volumes
-    JSON records them; ``batch`` compares a finished case's record with this run's."""
-    record = []
-    for card in cards:
-        settings = inference_settings(card, options)
-        values = {key: settings.get(key) for key in RECORDED_INFERENCE}
-        windowed = settings["mode"] == "window"  # window and overlap mean nothing to the other modes
-        values["window"] = list(values["window"]) if windowed else None
-        values["overlap"] = float(values["overlap"]) if windowed else None
-        record.append({"model": card.id, **values})
-    return record
+    """How each network runs with ``options``, as the volumes JSON records it; ``batch`` compares a finished case's
+    record with this run's."""
+    return [settings_record(card, inference_settings(card, options)) for card in cards]
 
 
 def predict_with_card(
@@ -258,7 +259,7 @@ def segment(
         classes = orientation.from_canonical(full)
     control.report("postprocess", 1, 1, "labels and clean-up")
     precision = precision_name(autocast_dtype(torch_device, options.precision))
-    record = inference_record(cards, options.inference)
+    record = [settings_record(card, setting) for card, setting in zip(cards, settings, strict=True)]
     return Segmentation(labels, classes, [c.id for c in cards], clean_up, record, torch_device.type, precision)
 
 
