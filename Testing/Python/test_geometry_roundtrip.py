@@ -50,11 +50,12 @@ def oblique_copy(image: sitk.Image, degrees: float = 12.0) -> sitk.Image:
     return out
 
 
-def write_case(folder: Path, sample_dir: Path, transform, extension: str) -> Path:
+def write_case(folder: Path, sample_dir: Path, transform, extension: str = ".nii.gz", only: str | None = None) -> Path:
+    """The sample's four sequences written to ``folder`` after ``transform`` (to all, or to the ``only`` one)."""
     folder.mkdir()
     for modality in MODALITIES:
         image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
-        sitk.WriteImage(transform(image), str(folder / f"copy_{modality}{extension}"))
+        sitk.WriteImage(transform(image) if only in (None, modality) else image, str(folder / f"copy_{modality}{extension}"))
     return folder
 
 
@@ -101,16 +102,14 @@ def test_lps_stored_brats_is_flipped_in_x_and_y_to_reach_ras(sample_case):
 
 def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sample_dir, sample_case):
     """A T2 stored at 2 mm spacing over the same field of view is resampled back onto the T1ce grid."""
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    for modality in MODALITIES:
-        image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
-        if modality == "t2":
-            coarse = [s * 2 for s in image.GetSpacing()]
-            size = [s // 2 for s in image.GetSize()]
-            origin = image.TransformContinuousIndexToPhysicalPoint((0.5, 0.5, 0.5))
-            image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, coarse, image.GetDirection(), 0.0)
-        sitk.WriteImage(image, str(folder / f"mixed_{modality}.nii.gz"))
+
+    def coarse(image: sitk.Image) -> sitk.Image:
+        spacing = [s * 2 for s in image.GetSpacing()]
+        size = [s // 2 for s in image.GetSize()]
+        origin = image.TransformContinuousIndexToPhysicalPoint((0.5, 0.5, 0.5))
+        return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, image.GetDirection(), 0.0)
+
+    folder = write_case(tmp_path / "mixed", sample_dir, coarse, only="t2")
     case = resolve_inputs(folder)
     assert case.resampled == ["t2"] and case.coverage["t2"] > 0.99  # the whole brain, no warning
     assert_same_grid(case.reference, sample_case.reference)
@@ -123,18 +122,16 @@ def test_volumes_on_another_grid_are_resampled_in_physical_space(tmp_path, sampl
 
 def test_a_sequence_covering_part_of_the_brain_is_used_with_a_warning(tmp_path, sample_dir, caplog):
     """A T1 cut to the upper half of the head is zero-filled below; the user is told how much of the brain it covers."""
-    folder = tmp_path / "partial"
-    folder.mkdir()
-    for modality in MODALITIES:
-        image = sitk.ReadImage(str(next(sample_dir.glob(f"*_{modality}.nii.gz"))))
-        if modality == "t1":
-            image = image[:, :, image.GetSize()[2] // 2 :]  # the upper slices only: a smaller field of view
-        sitk.WriteImage(image, str(folder / f"partial_{modality}.nii.gz"))
+
+    def upper_half(image: sitk.Image) -> sitk.Image:  # a smaller field of view
+        return image[:, :, image.GetSize()[2] // 2 :]
+
+    folder = write_case(tmp_path / "partial", sample_dir, upper_half, only="t1")
     with caplog.at_level("WARNING"):
         case = resolve_inputs(folder)
     assert case.resampled == ["t1"] and 0.2 < case.coverage["t1"] < 0.8
     expected = f"covers only {100 * case.coverage['t1']:.0f}% of the T1ce volume's non-zero voxels; the rest is read as empty"
-    assert f"{folder / 'partial_t1.nii.gz'}: {expected}" in caplog.text
+    assert f"{folder / 'copy_t1.nii.gz'}: {expected}" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert resolve_inputs(sample_dir).coverage == {}  # one grid: nothing resampled, nothing to say
