@@ -49,7 +49,14 @@ from BrainTumorSeg.segment_choices import (
     offered_models,
     segment_arguments,
 )
-from BrainTumorSeg.slicer_inputs import MODALITIES, assign_modalities, input_file_name, model_label, model_tooltip
+from BrainTumorSeg.slicer_inputs import (
+    MODALITIES,
+    assign_modalities,
+    input_file_name,
+    model_label,
+    model_tooltip,
+    repeated_input,
+)
 
 MODALITY_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 SAMPLE_CATEGORY = "BrainTumorSegmentation"
@@ -615,14 +622,13 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
         missing = [MODALITY_TITLES[m] for m in MODALITIES if volumes.get(m) is None]
         if missing:
             raise ValueError(_("Select the {names} volume(s).").format(names=", ".join(missing)))
-        for index, modality in enumerate(MODALITIES):
-            for earlier in MODALITIES[:index]:
-                if volumes[modality].GetID() == volumes[earlier].GetID():
-                    raise ValueError(
-                        _("Volume '{name}' is selected as both {first} and {second}: choose four different volumes.").format(
-                            name=volumes[modality].GetName(), first=MODALITY_TITLES[earlier], second=MODALITY_TITLES[modality]
-                        )
-                    )
+        if repeated := repeated_input({m: volumes[m].GetID() for m in MODALITIES}):
+            first, second = repeated
+            raise ValueError(
+                _("Volume '{name}' is selected as both {first} and {second}: choose four different volumes.").format(
+                    name=volumes[second].GetName(), first=MODALITY_TITLES[first], second=MODALITY_TITLES[second]
+                )
+            )
         folder = Path(slicer.util.tempDirectory("BrainTumorSegmentation"))
         try:
             files = {}

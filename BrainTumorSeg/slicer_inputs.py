@@ -63,6 +63,17 @@ def assign_modalities(names: Iterable[tuple[str, str]]) -> dict[str, str]:
     return assigned
 
 
+def repeated_input(volume_ids: dict[str, str]) -> tuple[str, str] | None:
+    """The first two modalities (in :data:`MODALITIES` order) given the same volume, by id, or None when all differ."""
+    first_with: dict[str, str] = {}
+    for modality in MODALITIES:
+        volume_id = volume_ids[modality]
+        if volume_id in first_with:
+            return first_with[volume_id], modality
+        first_with[volume_id] = modality
+    return None
+
+
 def input_file_name(volume_name: str, modality: str) -> str:
     """The file a panel input is exported to for the CLI: the volume's name (so an error about the file, and the
     case id of the outputs, name the volume the user chose), made safe for any file system, then the sequence."""

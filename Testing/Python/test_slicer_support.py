@@ -35,7 +35,14 @@ from BrainTumorSeg.segment_choices import (
     offered_models,
     segment_arguments,
 )
-from BrainTumorSeg.slicer_inputs import assign_modalities, guess_modality, input_file_name, model_label, model_tooltip
+from BrainTumorSeg.slicer_inputs import (
+    assign_modalities,
+    guess_modality,
+    input_file_name,
+    model_label,
+    model_tooltip,
+    repeated_input,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {m: f"/data/case_{m}.nrrd" for m in ("t1", "t1ce", "t2", "flair")}
@@ -76,6 +83,12 @@ def test_each_volume_is_used_once_and_the_first_match_wins():
 
 
 # Model selector
+
+
+def test_one_volume_chosen_for_two_inputs_is_found():
+    assert repeated_input({"t1": "vtkMRMLScalarVolumeNode1", "t1ce": "n2", "t2": "n3", "flair": "n4"}) is None
+    assert repeated_input({"t1": "n1", "t1ce": "n2", "t2": "n1", "flair": "n2"}) == ("t1", "t2")
+    assert repeated_input({"t1": "n1", "t1ce": "n2", "t2": "n3", "flair": "n2"}) == ("t1ce", "flair")
 
 
 def test_exported_inputs_are_named_after_their_volumes():
