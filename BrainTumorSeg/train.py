@@ -361,8 +361,8 @@ def check_same_run(checkpoint: Path, state: dict[str, Any], identity: dict[str, 
 
 
 def bundled_model_ids() -> set[str]:
-    """Ids of the models shipped in the package's Resources/Models."""
-    return {path.stem for path in (resources_dir() / "Models").glob("*.json")}
+    """Ids of the models shipped in the package's Resources/Models, read from their cards."""
+    return {ModelCard.read(path).id for path in (resources_dir() / "Models").glob("*.json") if is_model_card(path)}
 
 
 def warn_if_replaying(init: dict[str, Any], seed: int) -> None:
