@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import write_atomic
 from ..errors import InputError
 from .card import ARCHITECTURE_NAMES
 from .fcdensenet import FCDenseNet
@@ -61,9 +62,12 @@ def mismatch(error: RuntimeError) -> str:
 
 
 def save_weights(network: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> None:
-    """Write a network's state as safetensors, floating-point tensors cast to ``dtype``."""
+    """Write a network's state as safetensors, floating-point tensors cast to ``dtype``.
+
+    Written atomically: a run killed while writing leaves the earlier file (or none), never a truncated one.
+    """
     state = {
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in network.state_dict().items()
     }
-    save_file(state, str(path))
+    write_atomic(Path(path), lambda temp: save_file(state, str(temp)))

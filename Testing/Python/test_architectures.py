@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +12,12 @@ from torch import nn
 
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.inference import predict_slices
+from BrainTumorSeg.models import registry
 from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.models.fcdensenet import PRESETS, FCDenseNet
 from BrainTumorSeg.models.havaei import paper_weight_count
 from BrainTumorSeg.models.pspnet import PSPNet
-from BrainTumorSeg.models.registry import ARCHITECTURES
+from BrainTumorSeg.models.registry import ARCHITECTURES, save_weights
 from BrainTumorSeg.models.segresnet import SegResNet
 from BrainTumorSeg.models.unet import UNet2D
 from BrainTumorSeg.resources import resources_dir
@@ -134,6 +136,25 @@ def test_unet_depth_and_width_are_configurable():
 def test_shipped_unet_weights_still_load():
     card = ModelCard.read(resources_dir() / "Models" / "unet2d-axial.json")
     assert isinstance(card.load(), UNet2D)  # load_state_dict is strict: same keys and shapes
+
+
+def test_weights_written_when_the_writer_dies_midway_leave_the_earlier_file(tmp_path, monkeypatch):
+    network = UNet2D(in_channels=4, out_channels=3, features=(4, 8))
+    path = tmp_path / "net.safetensors"
+    save_weights(network, path, dtype=torch.float32)
+    before = path.read_bytes()
+
+    def dies_midway(state, filename):
+        Path(filename).write_bytes(b"half a safetensors header")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "save_file", dies_midway)
+    with torch.no_grad():
+        network.head.weight.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights(network, path, dtype=torch.float32)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors"]
 
 
 def _with_running_statistics(network: nn.Module) -> int:
