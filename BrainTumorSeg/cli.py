@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -488,9 +489,22 @@ def console_main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:  # stdout closed early (`brain-tumor-seg models | head`): stop quietly, as Unix tools do
+        if not stdout_reader_gone():
+            raise  # another pipe or socket broke: that is an error, with its traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 128 + 13  # SIGPIPE
     os._exit(code)
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end); where poll
+    cannot tell (Windows), a broken pipe is taken to be stdout's."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 if __name__ == "__main__":

@@ -50,3 +50,19 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports a command a pipe cut short
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error_with_its_traceback():
+    """Only stdout's reader going away is a quiet 141; any other broken pipe (a socket, a child) is a real error."""
+    probe = (
+        "import sys\n"
+        "from BrainTumorSeg import cli\n"
+        "def main(argv):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe', 'some socket')\n"
+        "cli.main = main\n"
+        "sys.argv = ['brain-tumor-seg', 'models']\n"
+        "cli.console_main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "BrokenPipeError" in result.stderr.strip().splitlines()[-1], result.stderr
