@@ -53,7 +53,7 @@ from .labels import CONVENTIONS, region_masks
 from .losses import LOSSES, Loss
 from .metrics import mean_region_dice, region_dice
 from .models.card import ARCHITECTURE_NAMES, ModelCard, is_model_card
-from .models.registry import load_weights, save_weights
+from .models.registry import build_network, load_weights, save_weights
 from .pipeline import predict_with_card
 from .postprocess import probabilities_to_labels
 from .recipes import CASCADES, HAVAEI, Recipe, default_template, keras_variant
@@ -548,8 +548,8 @@ def train(
     started_at = datetime.now(timezone.utc)
     started = time.time()
     try:
-        network = card.build()  # weights first: a wrong file fails before minutes of case loading
-    except (TypeError, ValueError, KeyError) as error:
+        network = build_network(card.architecture, card.config)  # a wrong file fails before minutes of case loading
+    except ValueError as error:
         raise InputError("--config", f"not a valid {card.architecture} configuration {card.config} ({error})") from None
     if main_rank and card.id in bundled_model_ids():
         log.warning(

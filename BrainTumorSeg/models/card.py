@@ -128,7 +128,10 @@ class ModelCard:
 
         if self.is_ensemble:
             raise ValueError(f"model {self.id} is an ensemble of {', '.join(self.members)}: build its members")
-        return build_network(self.architecture, self.config)
+        try:
+            return build_network(self.architecture, self.config)
+        except ValueError as error:
+            raise InputError(self.path or self.id, f"not a valid {self.architecture} configuration ({error})") from None
 
     def load(self) -> nn.Module:
         """The network with this card's weights (safetensors: no pickle, no code), for inference: eval mode, fp32,

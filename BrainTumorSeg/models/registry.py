@@ -33,8 +33,32 @@ assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "card.ARCHITECTURE_NAMES must
 
 
 def build_network(architecture: str, config: dict[str, Any]) -> nn.Module:
-    """The untrained network of ``architecture`` with keyword arguments ``config``."""
-    return ARCHITECTURES[architecture](**config)
+    """The untrained network of ``architecture`` with keyword arguments ``config``; ValueError for a configuration
+    that would build a network without layers or widths (``"features": []``, ``"width": 0``) or does not fit the
+    architecture's arguments."""
+    check_sizes(config)
+    try:
+        return ARCHITECTURES[architecture](**config)
+    except TypeError as error:  # an unknown argument, or a value of the wrong type deep in torch
+        raise ValueError(str(error)) from None
+
+
+def check_sizes(config: dict[str, Any]) -> None:
+    """Counts and widths (integers, and lists of them) are at least 1, lists are not empty, dropouts lie in [0, 1)."""
+    for key, value in config.items():
+        if isinstance(value, bool):
+            continue
+        if "dropout" in key:
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{key} must be a number from 0 up to but not including 1, got {value!r}")
+        elif isinstance(value, list) and (not value or not all(_is_size(v) for v in value)):
+            raise ValueError(f"{key} must be a non-empty list of whole numbers of at least 1, got {value!r}")
+        elif isinstance(value, (int, float)) and not _is_size(value):
+            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def load_weights(network: nn.Module, path: Path, model_id: str) -> nn.Module:

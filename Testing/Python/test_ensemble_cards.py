@@ -123,6 +123,27 @@ def test_a_broken_user_card_never_falls_back_to_the_bundled_model_of_its_id(tmp_
     assert not out.exists()
 
 
+BAD_CONFIGURATIONS = {
+    "no levels": ({"features": []}, "features must be a non-empty list of whole numbers of at least 1, got []"),
+    "no width": ({"features": [16, 0]}, "features must be a non-empty list of whole numbers of at least 1, got [16, 0]"),
+    "dropout": ({"dropout": 1.5}, "dropout must be a number from 0 up to but not including 1, got 1.5"),
+    "unknown key": ({"featurs": [8]}, "UNet2D.__init__() got an unexpected keyword argument 'featurs'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CONFIGURATIONS))
+def test_a_card_whose_configuration_builds_no_sensible_network_is_a_one_line_error(kind, tmp_path, capsys):
+    change, problem = BAD_CONFIGURATIONS[kind]
+    raw = json.loads((Path(available_models()["unet2d-axial"].path)).read_text())
+    raw.update(id="mine", config={**raw["config"], **change})
+    path = write_card(tmp_path, raw)
+    out = tmp_path / "out"
+    assert main(["segment", "--sample", "--models-dir", str(tmp_path), "--model", "mine", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"{PREFIX}{path}: not a valid unet2d configuration ({problem})"
+    assert not out.exists()
+
+
 def test_a_models_folder_that_is_not_there_is_an_error(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     out = tmp_path / "out"

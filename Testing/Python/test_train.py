@@ -295,6 +295,7 @@ BAD_TRAINING_INPUTS = {
     ),
     "a case not in --data": (lambda root: ["--data", str(root)], "{root}/" + TRAIN[0] + ": case folder not found"),
     "unknown config key": (lambda root: ["--config", '{"featurs": 3}'], "--config: not a valid unet2d configuration"),
+    "no network levels": (lambda root: ["--config", '{"features": []}'], "--config: not a valid unet2d configuration"),
     "no steps": (lambda root: ["--steps", "0"], NO_STEPS),
     "batch 0": (lambda root: ["--batch", "0"], "--batch: must be positive, not 0"),
     "negative lr": (lambda root: ["--lr", "-1"], "--lr: must not be negative, not -1.0"),
