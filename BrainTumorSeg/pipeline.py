@@ -228,8 +228,8 @@ def segment(
     ]
     for_pass = control.steps("predict", len(names), lambda i: names[i])
     canonical_shape = tuple(case.data.shape[1 + a] for a in orientation.source_axis)
-    if prepared is not None and prepared.crop.full_shape != canonical_shape:
-        raise ValueError(f"the prepared input's shape {prepared.crop.full_shape} is not the case's {canonical_shape}")
+    if prepared is not None and (prepared.source is not case.data or prepared.crop.full_shape != canonical_shape):
+        raise ValueError("the prepared input was not made from this case's volumes (preprocess.prepare_case)")
     control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
     prepared = prepared if prepared is not None else prepare_case(case)  # channels in MODALITIES order; one brain mask and crop
     outputs, first_pass = [], 0

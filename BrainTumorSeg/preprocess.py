@@ -6,7 +6,7 @@ BraTS volumes are skull-stripped, so the brain is where any sequence is non-zero
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,6 +68,7 @@ class Prepared:
     data: np.ndarray
     mask: np.ndarray
     crop: Crop
+    source: np.ndarray | None = field(default=None, repr=False, compare=False)  # the array it was made from
 
 
 def prepare(canonical: np.ndarray, margin: int = 2) -> Prepared:
@@ -88,7 +89,7 @@ def prepare_oriented(source: np.ndarray, orientation: Reorientation, margin: int
     box = bounding_crop(mask, margin)
     canonical_mask = orientation.to_canonical(mask[box.slices])
     data = zscore(orientation.to_canonical(source[(slice(None), *box.slices)]), canonical_mask)
-    return Prepared(data, canonical_mask, Crop(*orientation.box_to_canonical(box.box, box.full_shape)))
+    return Prepared(data, canonical_mask, Crop(*orientation.box_to_canonical(box.box, box.full_shape)), source)
 
 
 def prepare_case(case: Case, margin: int = 2) -> Prepared:

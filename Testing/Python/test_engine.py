@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -30,7 +31,7 @@ from BrainTumorSeg.pipeline import (
     with_cpu_fallback,
 )
 from BrainTumorSeg.postprocess import PostprocessOptions, postprocess, probabilities_to_labels
-from BrainTumorSeg.preprocess import prepare
+from BrainTumorSeg.preprocess import prepare, prepare_case
 from BrainTumorSeg.progress import Cancelled, ProgressEvent, RunControl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,10 +137,14 @@ def test_3d_window_progress_counts_every_window(models, prepared_sample):
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
-def test_a_case_prepared_from_another_case_is_refused(small_case, unet_card, unet_network, prepared_sample):
-    shape = r"\(\d+, \d+, \d+\)"
-    with pytest.raises(ValueError, match=rf"^the prepared input's shape {shape} is not the case's {shape}$"):
-        segment(small_case, [Member(unet_card, unet_network)], RunOptions("cpu", "fp32"), prepared=prepared_sample)
+def test_a_case_prepared_from_another_case_is_refused(small_case, unet_card, unet_network, sample_case):
+    """Another case's input is refused, also one of the same size (the same voxels, changed after it was prepared)."""
+    run = [Member(unet_card, unet_network)], RunOptions("cpu", "fp32")
+    message = r"^the prepared input was not made from this case's volumes \(preprocess.prepare_case\)$"
+    with pytest.raises(ValueError, match=message):
+        segment(small_case, *run, prepared=prepare_case(sample_case))
+    with pytest.raises(ValueError, match=message):
+        segment(replace(small_case, data=small_case.data * 2), *run, prepared=prepare_case(small_case))
 
 
 def test_ensemble_of_one_model_equals_that_model(small_case, unet_card, unet_network, small_labels):
