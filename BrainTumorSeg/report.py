@@ -44,6 +44,9 @@ PLANES: dict[str, tuple[int, int, int, str]] = {
 SHOWN_MODALITIES: tuple[str, ...] = ("flair", "t1ce")
 DISPLAY = {"flair": "FLAIR", "t1ce": "T1ce"}
 REGION_COLORS = {"WT": "#8ce0e4", "TC": "#b48cc8", "ET": "#ffb000"}
+# Outlines from the outside in: the necrosis inside the enhancing rim is drawn last, so the rim's inner edge shows
+# in the necrosis color instead of lying under the enhancing tumor's outline.
+OUTLINE_ORDER = ("edema", "enhancing", "necrosis")
 
 
 def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -114,12 +117,13 @@ def case_figure(case: Case, labels: np.ndarray, case_id: str, model_id: str = ""
             ax.imshow(image, cmap="gray", vmin=low, vmax=high, origin="lower", interpolation="bilinear")
             ax.set_aspect(spacing[vertical] / spacing[horizontal])
             segment_slice = _plane_image(segmentation, plane, slices[plane])
+            fields = {s.key: (segment_slice == s.label).astype(np.float32) for s in SEGMENTS if (segment_slice == s.label).any()}
             for segment in SEGMENTS:
-                mask = segment_slice == segment.label
-                if mask.any():
-                    field = mask.astype(np.float32)
-                    ax.contourf(field, levels=[0.5, 1.5], colors=[_rgb(segment.color)], alpha=0.22)
-                    ax.contour(field, levels=[0.5], colors=[_rgb(segment.color)], linewidths=1.3)
+                if segment.key in fields:
+                    ax.contourf(fields[segment.key], levels=[0.5, 1.5], colors=[_rgb(segment.color)], alpha=0.22)
+            for segment in sorted(SEGMENTS, key=lambda s: OUTLINE_ORDER.index(s.key)):
+                if segment.key in fields:
+                    ax.contour(fields[segment.key], levels=[0.5], colors=[_rgb(segment.color)], linewidths=1.3)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
