@@ -256,8 +256,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", required=True, metavar="PATH", help="ground-truth label map, or a folder of them")
     p.add_argument("--csv", type=Path, default=Path("evaluation.csv"), help="per-case CSV to write (default: ./evaluation.csv)")
     choices = list(CONVENTION_CHOICES)
-    p.add_argument("--pred-labels", choices=choices, default=AUTO, help="label convention of the predictions (default: detect)")
-    p.add_argument("--truth-labels", choices=choices, default=AUTO, help="label convention of the ground truth (default: detect)")
+    detect = "(default: detect; a 3 without a 4 reads as brats2023, so name msd for Decathlon labels)"
+    p.add_argument("--pred-labels", choices=choices, default=AUTO, help=f"label convention of the predictions {detect}")
+    p.add_argument("--truth-labels", choices=choices, default=AUTO, help=f"label convention of the ground truth {detect}")
 
 
 def _check_csv_target(path: Path) -> None:

@@ -6,6 +6,7 @@ Inside the package a label map always uses the *internal* indices
 
 - ``brats2017`` (BraTS 2017-2021): 1 NCR/NET, 2 ED, 4 ET
 - ``brats2023`` (BraTS 2023+):      1 NETC,    2 SNFH, 3 ET
+- ``msd`` (Medical Segmentation Decathlon Task01): 1 edema, 2 non-enhancing tumor, 3 enhancing tumor
 
 Regions (Menze et al., IEEE TMI 2015): whole tumor WT = NCR + ED + ET,
 tumor core TC = NCR + ET, enhancing tumor ET.
@@ -23,6 +24,7 @@ NCR, ED, ET = 1, 2, 3
 CONVENTIONS: dict[str, tuple[int, int, int]] = {
     "brats2017": (1, 2, 4),
     "brats2023": (1, 2, 3),
+    "msd": (2, 1, 3),  # never detected from the values (they are brats2023's): named by the user
 }
 
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -111,7 +113,8 @@ def detect_convention(labels: np.ndarray) -> str:
 
     A 4 means ``brats2017`` (ET = 4); a 3 without a 4 means ``brats2023`` (ET = 3). A map with
     only 0, 1 and 2 (no enhancing tumor) is ambiguous, but both conventions read it the same
-    way (1 NCR/NET, 2 edema), so it is called ``brats2017``.
+    way (1 NCR/NET, 2 edema), so it is called ``brats2017``. Decathlon (``msd``) maps hold the values of
+    ``brats2023`` with 1 and 2 swapped, so they cannot be told apart: the user names that convention.
     """
     values = set(np.unique(labels).tolist())
     unknown = sorted(values - {0, 1, 2, 3, 4})

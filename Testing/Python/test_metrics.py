@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.evaluation import CasePair, evaluate_pair, label_case_id, match_cases
-from BrainTumorSeg.labels import detect_convention
+from BrainTumorSeg.labels import ED, ET, NCR, detect_convention, to_convention
 from BrainTumorSeg.metrics import EMPTY_HD95_MM, dice, hd95, mask_metrics, region_metrics, sensitivity, specificity
 
 
@@ -99,6 +99,17 @@ def test_convention_detection():
         detect_convention(np.array([0, 3, 4]))
     with pytest.raises(ValueError, match=r"\[5\]"):
         detect_convention(np.array([0, 1, 5]))
+
+
+def test_decathlon_label_maps_are_read_when_named(tmp_path):
+    """MSD Task01 values (1 edema, 2 non-enhancing, 3 enhancing) look like brats2023's: named, they read right."""
+    internal = np.zeros((16, 12, 10), np.uint8)
+    internal[2:6, 2:6, 2:6], internal[3:5, 3:5, 3:5], internal[4, 4, 4] = ED, NCR, ET
+    np.testing.assert_array_equal(to_convention(internal, "msd")[internal > 0], [(0, 2, 1, 3)[v] for v in internal[internal > 0]])
+    truth = write_labels(tmp_path / "c1_seg.nii.gz", to_convention(internal, "msd"))
+    prediction = write_labels(tmp_path / "c1.nii.gz", to_convention(internal, "brats2017"))
+    row = evaluate_pair(CasePair("c1", prediction, truth), truth_labels="msd")
+    assert row["truth_labels"] == "msd" and all(row[f"dice_{r}"] == 1.0 for r in ("WT", "TC", "ET"))
 
 
 def test_case_ids_of_label_files():
