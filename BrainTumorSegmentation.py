@@ -11,6 +11,7 @@ in the application settings (Advanced > Models folder).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -418,8 +419,7 @@ class BrainTumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                     self._log(_("Error: {message}").format(message=error))
                     self._setStatus(_("Failed: {message}").format(message=error))
                     raise
-                self._resultNode = node
-                self._parameterNode.outputSegmentation = node
+                self._resultNode = node  # the output selector stays as chosen: at "Create new", the next run keeps this one
                 self._showVolumes(run.process.result)
                 seconds = time.monotonic() - run.started
                 self._setStatus(_("Done in {seconds:.0f} s.").format(seconds=seconds))
@@ -659,7 +659,8 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             result = process.result
             if process.returncode != 0 or result is None:
                 raise RuntimeError(process.error_message())
-            return self.importSegmentation(result.outputs["segmentation"], run.volumes["t1ce"], outputSegmentation)
+            modelId = json.loads(Path(result.outputs["volumes"]).read_text()).get("model", "")
+            return self.importSegmentation(result.outputs["segmentation"], run.volumes["t1ce"], outputSegmentation, modelId)
         finally:
             if not self.keepTemporaryFiles:
                 shutil.rmtree(run.folder, ignore_errors=True)
@@ -680,8 +681,9 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
 
     # Results
 
-    def importSegmentation(self, path: str, referenceVolume, outputSegmentation=None):
-        """Put the three segments of a .seg.nrrd into ``outputSegmentation`` (or a new node), replacing earlier ones.
+    def importSegmentation(self, path: str, referenceVolume, outputSegmentation=None, modelId: str = ""):
+        """Put the three segments of a .seg.nrrd into ``outputSegmentation`` (or a new node named after the T1ce volume
+        and ``modelId``, so that results of several models can be told apart), replacing earlier ones.
 
         Names, colors and terminology come from BrainTumorSeg.labels; the reference geometry is
         ``referenceVolume`` (T1ce) and the node is placed in that volume's study.
@@ -690,7 +692,8 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
         try:
             target = outputSegmentation
             if target is None:
-                name = slicer.mrmlScene.GenerateUniqueName(f"{referenceVolume.GetName()} tumor")
+                name = f"{referenceVolume.GetName()} tumor" + (f" ({modelId})" if modelId else "")
+                name = slicer.mrmlScene.GenerateUniqueName(name)
                 target = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
                 target.CreateDefaultDisplayNodes()
             target.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
@@ -725,9 +728,10 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def fingerprint(segmentationNode) -> str:
-        """Segment ids, names and voxel counts: changes when the user edits the segmentation.
+        """Segment ids, names, voxel counts and a digest of the voxels: changes when the user edits the segmentation
+        (also an edit that keeps the counts, such as moving a boundary).
 
-        Counts are read from each segment's own (possibly shared) labelmap, voxels equal to its label
+        Voxels are read from each segment's own (possibly shared) labelmap, those equal to its label
         value: this needs no reference volume and adds no node to the scene. A segment without a binary
         labelmap counts -1.
         """
@@ -737,14 +741,14 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             segmentId = segmentation.GetNthSegmentID(index)
             segment = segmentation.GetSegment(segmentId)
             labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
-            if labelmap is None:
-                voxels = -1
-            elif labelmap.IsEmpty():
+            voxels, digest = -1, ""
+            if labelmap is not None and labelmap.IsEmpty():
                 voxels = 0
-            else:
+            elif labelmap is not None:
                 array = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentationNode, segmentId)
-                voxels = int((array == segment.GetLabelValue()).sum())
-            entries.append([segmentId, segment.GetName(), voxels])
+                inside = array == segment.GetLabelValue()
+                voxels, digest = int(inside.sum()), hashlib.sha1(inside.tobytes()).hexdigest()
+            entries.append([segmentId, segment.GetName(), voxels, digest])
         return json.dumps(sorted(entries))
 
     def hasUserEdits(self, segmentationNode) -> bool:
@@ -882,8 +886,15 @@ class BrainTumorSegmentationTest(ScriptedLoadableModuleTest):
         self.delayDisplay(f"Whole tumor Dice against the ground truth: {dice:.3f}")
         self.assertGreaterEqual(dice, 0.8)
 
-        # Running again into the same, unedited node replaces the result without asking
+        defaultModel = next(card.id for card in available_models().values() if card.default)
+        self.assertIn(f"tumor ({defaultModel})", segmentationNode.GetName())
+
+        # Running again into the same, unedited node replaces the result without asking; an edit is noticed, also one
+        # that keeps the voxel count (a boundary voxel moved)
         self.assertFalse(logic.hasUserEdits(segmentationNode))
-        segmentation.RemoveSegment(SEGMENTS[0].key)
+        edema = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, "edema", volumes["t1ce"])
+        inside, outside = np.argwhere(edema > 0)[0], np.argwhere(edema == 0)[0]
+        edema[tuple(inside)], edema[tuple(outside)] = 0, 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(edema, segmentationNode, "edema", volumes["t1ce"])
         self.assertTrue(logic.hasUserEdits(segmentationNode))
         self.delayDisplay("Test passed")
