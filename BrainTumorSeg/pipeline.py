@@ -27,6 +27,7 @@ from .geometry import Reorientation
 from .inference import Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import AXES, FLIPS, MODES, ModelCard
 from .models.ensemble import member_cards
+from .network_grid import canonical_spacing, canonical_to_case, needs_resampling, network_spacing, resample_case
 from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
 from .preprocess import Prepared, prepare_case
 from .probabilities import as_classes, average
@@ -169,6 +170,7 @@ class Segmentation:
     inference: list[dict] = field(default_factory=list)  # inference_record of the members
     device: str = "cpu"  # where the last network ran (the CPU after a GPU ran out of memory)
     precision: str = "fp32"  # the autocast precision there (device.precision_name)
+    network_spacing: list[float] = field(default_factory=list)  # mm (canonical x, y, z) of the grid the networks saw
 
 
 def postprocess_options(cards: Sequence[ModelCard], options: PostprocessOptions | None) -> PostprocessOptions:
@@ -220,6 +222,7 @@ def segment(
     clean_up = postprocess_options(cards, options.postprocess)
     torch_device = resolve_device(options.device)
     orientation = Reorientation.of(case.reference)
+    spacing = network_spacing(cards)
 
     names = [
         f"model {card.id}" + (f", mirror {f} of {len(FLIPS[s['flips']])}" if f else "")
@@ -232,10 +235,21 @@ def segment(
         raise ValueError("the prepared input was not made from this case's volumes (preprocess.prepare_case)")
     control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
     prepared = prepared if prepared is not None else prepare_case(case)  # channels in MODALITIES order; one brain mask and crop
+    network_case, network_input = case, prepared
+    if needs_resampling(case.reference, spacing):  # the networks run at their training spacing (network_grid)
+        log.info(
+            "the case's voxels (%s mm) are resampled to the models' training spacing (%s mm) and their probabilities back",
+            " x ".join(f"{v:.3g}" for v in canonical_spacing(case.reference)),
+            " x ".join(f"{v:.3g}" for v in spacing),  # type: ignore[union-attr]
+        )
+        network_case = resample_case(case, spacing)  # type: ignore[arg-type]
+        network_input = prepare_case(network_case)
+        control.check()
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
         order = [MODALITIES.index(m) for m in member.card.modalities]
-        channels = prepared.data if order == list(range(len(MODALITIES))) else prepared.data[order]  # no copy when in order
+        data = network_input.data
+        channels = data if order == list(range(len(MODALITIES))) else data[order]  # no copy when in order
         probabilities, torch_device = predict_member(  # after a GPU ran out of memory the other members stay on the CPU
             member, setting, channels, torch_device, options.precision, partial(_offset_progress, for_pass, first_pass)
         )
@@ -245,6 +259,8 @@ def segment(
     control.report("postprocess", 0, 1, "labels and clean-up")
     mean, decision = average(outputs)
     mask, crop = prepared.mask, prepared.crop
+    if network_case is not case:  # the mean probabilities back on the case's grid, cropped as the case's own input
+        mean = canonical_to_case(network_input.crop.paste(mean), network_case, case)[(slice(None), *crop.slices)]
     labels = probabilities_to_labels(mean, decision, mask)
     if clean_up.active:
         labels = postprocess(labels, clean_up, case.voxel_volume_ml, mask)
@@ -260,7 +276,8 @@ def segment(
     control.report("postprocess", 1, 1, "labels and clean-up")
     precision = precision_name(autocast_dtype(torch_device, options.precision))
     record = [settings_record(card, setting) for card, setting in zip(cards, settings, strict=True)]
-    return Segmentation(labels, classes, [c.id for c in cards], clean_up, record, torch_device.type, precision)
+    seen = canonical_spacing(network_case.reference).round(4).tolist()
+    return Segmentation(labels, classes, [c.id for c in cards], clean_up, record, torch_device.type, precision, seen)
 
 
 def segment_case(
@@ -296,6 +313,7 @@ def run_details(result: Segmentation) -> dict:
         "inference": result.inference,
         "device": result.device,
         "precision": result.precision,
+        "network_spacing_mm": result.network_spacing,
         "version": __version__,
     }
 

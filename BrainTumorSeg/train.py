@@ -301,6 +301,20 @@ def plan_phases(recipe: Recipe) -> list[Phase]:
     return phases
 
 
+def training_spacing(cases: list[CachedCase], warn: bool = True) -> list[float]:
+    """The voxel spacing (mm, x, y, z) the network learns at: the median of the training cases' (inference resamples
+    a case at another spacing to it, see network_grid); a warning names cases more than 10% away from it."""
+    spacing = np.median(np.array([c.spacing for c in cases]), axis=0)
+    if warn:
+        away = [c.case_id for c in cases if np.any(np.abs(np.array(c.spacing) - spacing) > 0.1 * spacing)]
+        if away:
+            log.warning(
+                "%d training case(s) are not at the median spacing %s mm (%s): the network learns at one voxel size, "
+                "resample them first", len(away), [round(float(v), 3) for v in spacing], ", ".join(away[:5]),
+            )  # fmt: skip
+    return [round(float(v), 4) for v in spacing]
+
+
 def make_sampler(recipe: Recipe, card: ModelCard, network: nn.Module, cases: list[CachedCase], phase: Phase, seed: int):
     axis = card.inference.get("axis", "axial")
     if recipe.sampler == "patches":
@@ -570,6 +584,7 @@ def train(
     val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]] if main_rank else []
     args.out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a failed start leaves no folder
     log.info("loaded %d training and %d validation cases in %.0f s", len(train_cases), len(val_cases), time.time() - started)
+    card.inputs["spacing_mm"] = training_spacing(train_cases, main_rank)
 
     spatial_3d = recipe.sampler == "blocks"
     memory_format = torch.channels_last if device.type == "cpu" and not spatial_3d else torch.contiguous_format

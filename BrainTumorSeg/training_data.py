@@ -36,6 +36,7 @@ from .errors import InputError
 from .geometry import Reorientation
 from .inference import AXES, context_stack
 from .labels import check_convention, from_convention
+from .network_grid import canonical_spacing
 from .preprocess import prepare_oriented
 
 CLASSES = 4  # internal labels 0 background, 1 NCR/NET, 2 ED, 3 ET
@@ -43,11 +44,13 @@ CLASSES = 4  # internal labels 0 background, 1 NCR/NET, 2 ED, 3 ET
 
 @dataclass
 class CachedCase:
-    """One training case: normalised channels ``(4, x, y, z)`` float16 and internal labels ``(x, y, z)``."""
+    """One training case: normalised channels ``(4, x, y, z)`` float16, internal labels ``(x, y, z)``, and the voxel
+    spacing in mm along x, y, z (the networks learn at it; the card records it as ``inputs.spacing_mm``)."""
 
     case_id: str
     data: np.ndarray
     labels: np.ndarray
+    spacing: tuple[float, float, float]
 
 
 def cache_key(folder: Path, convention: str) -> str:
@@ -68,7 +71,8 @@ def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase
     cached = cache / f"{folder.name}-{cache_key(folder, convention)}.npz"
     if cached.is_file():
         with np.load(cached) as z:
-            return CachedCase(folder.name, z["data"], z["labels"])
+            if "spacing" in z:  # cached by an earlier version without it: made again
+                return CachedCase(folder.name, z["data"], z["labels"], tuple(z["spacing"].tolist()))
     case = resolve_inputs(folder)
     orientation = Reorientation.of(case.reference)
     truth = sitk.GetArrayFromImage(read_image(truth_file(folder))).astype(np.int16)  # labels checked after the crop
@@ -77,9 +81,10 @@ def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase
     cache.mkdir(parents=True, exist_ok=True)
     data = prepared.data.astype(np.float16)
     partial = cache / f".{folder.name}.{np.random.default_rng().integers(1 << 30)}.npz"  # ranks may cache the same case
-    np.savez(partial, data=data, labels=labels)
+    spacing = canonical_spacing(case.reference)
+    np.savez(partial, data=data, labels=labels, spacing=spacing)
     partial.replace(cached)
-    return CachedCase(folder.name, data, labels)
+    return CachedCase(folder.name, data, labels, tuple(spacing.tolist()))
 
 
 def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:

@@ -26,8 +26,8 @@ from BrainTumorSeg.fp16_check import DEFERRED
 from BrainTumorSeg.models.card import ARCHITECTURE_NAMES, MODELS_ENV, ModelCard
 from BrainTumorSeg.recipes import Recipe, default_template, keras_variant
 from BrainTumorSeg.resources import resources_dir
-from BrainTumorSeg.train import evaluate
-from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
+from BrainTumorSeg.train import evaluate, training_spacing
+from BrainTumorSeg.training_data import BlockSampler, CachedCase, PatchSampler, SliceSampler, load_training_case
 from BrainTumorSeg.training_progress import TrainingProgress
 from BrainTumorSeg.validation import main as validate_main
 
@@ -76,6 +76,7 @@ def test_train_writes_weights_and_a_complete_card_that_lists_as_a_model(data, tm
     assert training["command"].startswith("brain-tumor-seg train --card")
     assert training["architecture"] == "unet2d" and training["sampler"] == "slices"
     assert training["label_convention"] == "brats2017"
+    assert card.inputs["spacing_mm"] == [1.0, 1.0, 1.0]  # the training cases' (segment resamples other spacings to it)
     assert training["loss"] == "ce" and "cross-entropy" in training["loss_description"]
     assert training["steps"] == 3 and training["batch"] == 2 and training["crop"] == [64, 64]
     native = autocast_dtype(torch.device("cpu"))  # --precision auto: bf16 on CPUs with native bf16, else fp32
@@ -467,6 +468,20 @@ def test_rotated_blocks_turn_about_the_superior_axis_only():
     assert (lr[..., 2:30] == 0).float().mean() < 0.2  # in-plane corners only, not whole slices
     inside = (lr != 0) & (xr[:, 0] != 0)
     assert (xr[:, 0][inside].round() == lr[inside].float()).float().mean() > 0.95  # image and labels moved together
+
+
+def test_the_card_records_the_training_cases_median_spacing_and_names_cases_far_from_it(caplog):
+    def case(case_id: str, spacing: tuple[float, float, float]) -> CachedCase:
+        return CachedCase(case_id, np.zeros((4, 2, 2, 2), np.float16), np.zeros((2, 2, 2), np.uint8), spacing)
+
+    cases = [case("a", (1.0, 1.0, 1.0)), case("b", (0.94, 0.94, 1.0)), case("c", (1.0, 1.0, 1.0)), case("d", (0.5, 0.5, 3.0))]
+    cases.append(case("e", (1.0, 1.0, 1.0)))
+    with caplog.at_level("WARNING"):
+        assert training_spacing(cases) == [1.0, 1.0, 1.0]
+    assert caplog.messages == [
+        "1 training case(s) are not at the median spacing [1.0, 1.0, 1.0] mm (d): the network learns at one voxel size, "
+        "resample them first"
+    ]
 
 
 def test_progress_writes_plain_lines_when_not_a_terminal(tmp_path):
