@@ -58,6 +58,7 @@ def test_card_records_a_real_training_run_on_the_fixed_split(path: Path):
         assert training["command"].split(" train ")[0].endswith("brain-tumor-seg"), training["command"]
         assert training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
         assert training["minutes"] > 0 and training["machine"]
+        assert training["label_convention"] == "brats2017"  # BraTS 2018 files: 1 NCR/NET, 2 ED, 4 ET
         assert (path.parent / network.weights).is_file()
     assert card.training["split"] == {"train": SPLIT["train"], "validation": SPLIT["validation"]}
     assert validation["cases"] == len(SPLIT["validation"]) == len(validation["per_case"])
