@@ -43,22 +43,34 @@ def build_network(architecture: str, config: dict[str, Any]) -> nn.Module:
         raise ValueError(str(error)) from None
 
 
+# Configuration keys that give a width (channels, maps, filters) or a count of layers, in any architecture; other keys
+# (MONAI's norm and act, spatial_dims, extra inputs that may be 0) are left to the network's own checks.
+WIDTH_KEYS = frozenset(
+    {"in_channels", "out_channels", "num_classes", "maxout_k", "local_maps", "global_maps", "features", "growth_rate"}
+    | {"first_conv", "width", "head_channels", "init_filters", "bins"}
+)
+LAYER_KEYS = frozenset({"down_blocks", "bottleneck", "blocks", "blocks_down", "blocks_up"})
+
+
 def check_sizes(config: dict[str, Any]) -> None:
-    """Counts and widths (integers, and lists of them) are at least 1, lists are not empty, dropouts lie in [0, 1)."""
+    """Widths are whole numbers of at least 1 (or lists of them, not empty), layer counts at least 0 (lists not
+    empty), dropouts lie in [0, 1); ``None`` leaves a value to the network's default."""
     for key, value in config.items():
-        if isinstance(value, bool):
+        if value is None:
             continue
         if "dropout" in key:
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"{key} must be a number from 0 up to but not including 1, got {value!r}")
-        elif isinstance(value, list) and (not value or not all(_is_size(v) for v in value)):
-            raise ValueError(f"{key} must be a non-empty list of whole numbers of at least 1, got {value!r}")
-        elif isinstance(value, (int, float)) and not _is_size(value):
-            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+        elif key in WIDTH_KEYS or key in LAYER_KEYS:
+            least = 1 if key in WIDTH_KEYS else 0
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(_is_count(v, least) for v in values):
+                kind = "a non-empty list of whole numbers" if isinstance(value, list) else "a whole number"
+                raise ValueError(f"{key} must be {kind} of at least {least}, got {value!r}")
 
 
-def _is_size(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _is_count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def load_weights(network: nn.Module, path: Path, model_id: str) -> nn.Module:

@@ -17,7 +17,7 @@ from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.models.fcdensenet import PRESETS, FCDenseNet
 from BrainTumorSeg.models.havaei import paper_weight_count
 from BrainTumorSeg.models.pspnet import PSPNet
-from BrainTumorSeg.models.registry import ARCHITECTURES, save_weights
+from BrainTumorSeg.models.registry import ARCHITECTURES, build_network, save_weights
 from BrainTumorSeg.models.segresnet import SegResNet
 from BrainTumorSeg.models.unet import UNet2D
 from BrainTumorSeg.resources import resources_dir
@@ -110,6 +110,17 @@ def test_registry_builds_each_architecture_from_a_model_card_file(name, tmp_path
     with torch.no_grad():
         scores = network.eval()(torch.randn(1, *shape))
     assert scores.shape == (1, _classes(network, CARDS[name]), *shape[1:])
+
+
+def test_the_size_check_leaves_other_valid_arguments_alone():
+    """Only widths, layer counts and dropouts are checked: MONAI's own arguments, None defaults and zero extra
+    inputs still build."""
+    segresnet = build_network("segresnet", {"init_filters": 4, "norm": ["GROUP", {"num_groups": 2}], "dropout_prob": None})
+    assert isinstance(segresnet, SegResNet)
+    assert isinstance(build_network("twopathcnn", {"extra_local_inputs": 0, "local_maps": 8, "global_maps": 8}), nn.Module)
+    assert isinstance(build_network("pspnet", {"width": 8, "head_channels": None}), PSPNet)
+    with pytest.raises(ValueError, match=r"^width must be a whole number of at least 1, got 0$"):
+        build_network("pspnet", {"width": 0})
 
 
 def test_card_configurations_reach_the_networks():

@@ -17,7 +17,6 @@ import SimpleITK as sitk
 from BrainTumorSeg.case import MODALITIES, resolve_inputs
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.geometry import Reorientation
-from BrainTumorSeg.pipeline import segment_case
 from BrainTumorSeg.preprocess import prepare, prepare_oriented
 
 
@@ -71,17 +70,23 @@ def test_stored_lps_output_has_the_reference_grid(tmp_path, sample_dir, sample_l
 
 
 @pytest.mark.parametrize("kind, extension", [("ras", ".nii.gz"), ("oblique", ".nrrd")])
-def test_reoriented_copies_map_back_voxel_for_voxel(tmp_path, sample_dir, sample_labels, default_card, kind, extension):
+def test_reoriented_copies_map_back_voxel_for_voxel(tmp_path, sample_dir, sample_labels, kind, extension):
+    """Through the command: both written label files are on the copy's grid and hold the stored case's labels."""
     transform = ras_copy if kind == "ras" else oblique_copy
     folder = write_case(tmp_path / kind, sample_dir, transform, extension)
     case = resolve_inputs(folder)
     assert case.resampled == []  # one grid for all four: nothing is resampled
     stored = sitk.ReadImage(str(folder / f"copy_t1ce{extension}"))
     assert_same_grid(case.reference, stored)
-    labels = segment_case(case, default_card, device="cpu", precision="fp32")
-    assert labels.shape == sitk.GetArrayFromImage(stored).shape
-    back = labels[:, ::-1, ::-1] if kind == "ras" else labels
-    np.testing.assert_array_equal(back, sample_labels)
+    out = tmp_path / "out"
+    assert main(["segment", "--input", str(folder), "--out", str(out), "--precision", "fp32", "--device", "cpu"]) == 0
+    for name in (f"{kind}_seg.nii.gz", f"{kind}.seg.nrrd"):
+        written = sitk.ReadImage(str(out / name))
+        assert_same_grid(written, stored)
+        values = sitk.GetArrayFromImage(written)
+        labels = np.searchsorted([0, 1, 2, 4], values) if name.endswith(".nii.gz") else values  # .seg.nrrd: internal
+        back = labels[:, ::-1, ::-1] if kind == "ras" else labels
+        np.testing.assert_array_equal(back, sample_labels)
     assert sample_labels.any()
 
 
