@@ -498,12 +498,12 @@ def console_main() -> None:
 
 
 def stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end); where poll
-    cannot tell (Windows), a broken pipe is taken to be stdout's."""
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end, Linux, or a
+    hang-up, macOS); where poll cannot tell (Windows), a broken pipe is taken to be stdout's."""
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):
         return True
 

@@ -31,14 +31,19 @@ TOLERANCE = 0.1  # relative spacing difference taken as the same spacing (BraTS-
 
 
 def network_spacing(cards: Sequence[ModelCard]) -> tuple[float, float, float] | None:
-    """The spacing (mm, canonical x, y, z) the networks were trained at; None when no card says.
+    """The spacing (mm, canonical x, y, z) the networks were trained at: the first card's that says one; None when
+    none does.
 
-    Cards that do not say take any spacing; cards that say different spacings cannot share one grid."""
-    spacings = {tuple(float(v) for v in card.inputs["spacing_mm"]) for card in cards if "spacing_mm" in card.inputs}
-    if len(spacings) > 1:
-        listed = "; ".join(f"{card.id} {card.inputs['spacing_mm']}" for card in cards if "spacing_mm" in card.inputs)
+    Cards that do not say take any spacing. Spacings within :data:`TOLERANCE` of the first count as the same (a model
+    trained at 0.94 mm runs with 1 mm ones); others cannot share one grid."""
+    said = [card for card in cards if "spacing_mm" in card.inputs]
+    if not said:
+        return None
+    spacings = [np.asarray(card.inputs["spacing_mm"], dtype=float) for card in said]
+    if any(np.any(np.abs(s - spacings[0]) > TOLERANCE * spacings[0]) for s in spacings[1:]):
+        listed = "; ".join(f"{card.id} {card.inputs['spacing_mm']}" for card in said)
         raise InputError("--model", f"the models were trained at different spacings ({listed} mm): run them separately")
-    return spacings.pop() if spacings else None  # type: ignore[return-value]
+    return tuple(float(v) for v in spacings[0])  # type: ignore[return-value]
 
 
 def canonical_spacing(reference: sitk.Image) -> np.ndarray:

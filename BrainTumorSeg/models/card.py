@@ -94,6 +94,11 @@ class ModelCard:
         missing = [name for name in NETWORK_FIELDS if name not in raw]
         if missing:
             raise InputError(path, f"not a valid model card (missing {', '.join(repr(m) for m in missing)})")
+        spacing = card.inputs.get("spacing_mm") if isinstance(card.inputs, dict) else None
+        if spacing is not None and not (
+            isinstance(spacing, list) and len(spacing) == 3 and all(_positive_number(v) for v in spacing)
+        ):
+            raise InputError(path, f"inputs.spacing_mm must be three positive numbers (mm along x, y, z), not {spacing!r}")
         return card
 
     @property
@@ -142,6 +147,10 @@ class ModelCard:
         network = load_weights(self.build(), self.weights_path, self.id)
         fold_batch_norms(network)
         return network
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def is_model_card(path: Path) -> bool:

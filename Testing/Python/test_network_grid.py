@@ -3,6 +3,7 @@ output lands on the case's own grid."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ from BrainTumorSeg.case import Case
 from BrainTumorSeg.errors import InputError
 from BrainTumorSeg.geometry import physical_bounds, same_grid
 from BrainTumorSeg.metrics import region_dice
+from BrainTumorSeg.models.card import ModelCard, available_models
 from BrainTumorSeg.network_grid import (
     canonical_spacing,
     canonical_to_case,
@@ -100,7 +102,9 @@ def test_spacing_close_to_the_training_spacing_is_left_alone():
 def test_models_trained_at_different_spacings_cannot_share_a_grid(unet_card):
     fine = replace(unet_card, id="fine", inputs={**unet_card.inputs, "spacing_mm": [0.5, 0.5, 0.5]})
     anywhere = replace(unet_card, id="anywhere", inputs={k: v for k, v in unet_card.inputs.items() if k != "spacing_mm"})
+    close = replace(unet_card, id="close", inputs={**unet_card.inputs, "spacing_mm": [0.9375, 0.9375, 1.0]})
     assert network_spacing([unet_card, anywhere]) == (1.0, 1.0, 1.0)
+    assert network_spacing([unet_card, close]) == (1.0, 1.0, 1.0)  # within the tolerance: one grid
     assert network_spacing([anywhere]) is None
     with pytest.raises(InputError) as error:
         network_spacing([unet_card, anywhere, fine])
@@ -110,8 +114,17 @@ def test_models_trained_at_different_spacings_cannot_share_a_grid(unet_card):
     )
 
 
-def test_every_shipped_network_card_says_its_training_spacing():
-    from BrainTumorSeg.models.card import available_models
+@pytest.mark.parametrize("spacing", [1, [1, 1], [0, 1, 1], [1, "1", 1]])
+def test_a_card_with_a_malformed_spacing_is_a_one_line_error(spacing, tmp_path):
+    raw = json.loads(available_models()["unet2d-axial"].path.read_text())
+    raw["inputs"]["spacing_mm"] = spacing
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(InputError) as error:
+        ModelCard.read(path)
+    assert str(error.value) == f"{path}: inputs.spacing_mm must be three positive numbers (mm along x, y, z), not {spacing!r}"
 
+
+def test_every_shipped_network_card_says_its_training_spacing():
     cards = [card for card in available_models().values() if not card.is_ensemble]
     assert cards and all(card.inputs.get("spacing_mm") == [1.0, 1.0, 1.0] for card in cards)  # BraTS 2018: 1 mm
