@@ -233,18 +233,19 @@ def segment(
     canonical_shape = tuple(case.data.shape[1 + a] for a in orientation.source_axis)
     if prepared is not None and (prepared.source is not case.data or prepared.crop.full_shape != canonical_shape):
         raise ValueError("the prepared input was not made from this case's volumes (preprocess.prepare_case)")
-    control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}")
+    resampling = needs_resampling(case.reference, spacing)  # the networks run at their training spacing (network_grid)
+    at = f" at {' x '.join(f'{v:.3g}' for v in spacing)} mm" if resampling else ""  # type: ignore[union-attr]
+    control.report("predict", 0, len(names) * 1000, f"running {len(members)} model(s) on {torch_device.type}{at}")
     prepared = prepared if prepared is not None else prepare_case(case)  # channels in MODALITIES order; one brain mask and crop
     network_case, network_input = case, prepared
-    if needs_resampling(case.reference, spacing):  # the networks run at their training spacing (network_grid)
+    if resampling:
         log.info(
             "the case's voxels (%s mm) are resampled to the models' training spacing (%s mm) and their probabilities back",
             " x ".join(f"{v:.3g}" for v in canonical_spacing(case.reference)),
             " x ".join(f"{v:.3g}" for v in spacing),  # type: ignore[union-attr]
         )
-        network_case = resample_case(case, spacing)  # type: ignore[arg-type]
+        network_case = resample_case(case, spacing, control.check)  # type: ignore[arg-type]
         network_input = prepare_case(network_case)
-        control.check()
     outputs, first_pass = [], 0
     for member, setting in zip(members, settings, strict=True):
         order = [MODALITIES.index(m) for m in member.card.modalities]
@@ -260,7 +261,7 @@ def segment(
     mean, decision = average(outputs)
     mask, crop = prepared.mask, prepared.crop
     if network_case is not case:  # the mean probabilities back on the case's grid, cropped as the case's own input
-        mean = canonical_to_case(network_input.crop.paste(mean), network_case, case)[(slice(None), *crop.slices)]
+        mean = canonical_to_case(mean, network_case, network_input.crop, case, crop, control.check)
     labels = probabilities_to_labels(mean, decision, mask)
     if clean_up.active:
         labels = postprocess(labels, clean_up, case.voxel_volume_ml, mask)

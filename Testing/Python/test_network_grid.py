@@ -24,6 +24,7 @@ from BrainTumorSeg.network_grid import (
     resample_case,
 )
 from BrainTumorSeg.pipeline import Member, RunOptions, segment
+from BrainTumorSeg.preprocess import Crop, prepare_case
 
 
 def thick_slice_sample(case: Case, truth: np.ndarray) -> tuple[Case, np.ndarray]:
@@ -52,9 +53,12 @@ def test_a_case_with_thick_slices_runs_at_the_training_spacing_and_gets_labels_o
 ):
     case, truth = thick_slice_sample(sample_case, sample_truth)
     options = RunOptions("cpu", "fp32")
-    result = segment(case, [Member(unet_card, unet_network)], options)
+    result = segment(case, [Member(unet_card, unet_network)], replace(options, probabilities=True))
     assert result.labels.shape == truth.shape == (52, 240, 240)
     assert result.network_spacing == [1.0, 1.0, 1.0]
+    assert result.probabilities.shape == (4, 52, 240, 240)  # on the case's grid too, a distribution in every voxel
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-4)
+    assert (result.probabilities[0][~case.brain] == 1).all()
     at_one_mm = region_dice(result.labels, truth)
     unaware = replace(unet_card, inputs={k: v for k, v in unet_card.inputs.items() if k != "spacing_mm"})
     as_stored = segment(case, [Member(unaware, unet_network)], options)
@@ -68,8 +72,12 @@ def test_resampling_to_the_case_s_own_spacing_changes_nothing(sample_case):
     same = resample_case(sample_case, tuple(canonical_spacing(sample_case.reference)))
     assert same_grid(same.reference, sample_case.reference)
     np.testing.assert_array_equal(same.data, sample_case.data)
-    field = np.random.default_rng(0).random((3, 240, 240, 155), dtype=np.float32)  # canonical (C, x, y, z)
-    np.testing.assert_allclose(canonical_to_case(field, same, sample_case), field, atol=1e-6)
+    crop = prepare_case(sample_case).crop  # canonical, of an LPS-stored case: the flips of x and y map its box
+    field = np.random.default_rng(0).random((3, *(b - a for a, b in crop.box)), dtype=np.float32)
+    np.testing.assert_allclose(canonical_to_case(field, same, crop, sample_case, crop), field, atol=1e-6)
+    inner = Crop(tuple((a + 3, b - 2) for a, b in crop.box), crop.full_shape)  # another crop: the shared part agrees
+    shifted = canonical_to_case(field, same, crop, sample_case, inner)
+    np.testing.assert_allclose(shifted, field[:, 3:-2, 3:-2, 3:-2], atol=1e-6)
 
 
 def test_the_network_grid_keeps_direction_and_physical_box_and_maps_spacing_to_anatomical_axes():
