@@ -11,7 +11,6 @@ in the application settings (Advanced > Models folder).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -36,6 +35,7 @@ from slicer.util import VTKObservationMixin
 from BrainTumorSeg.cli_events import CliEvent, volume_rows
 from BrainTumorSeg.cli_process import CliProcess
 from BrainTumorSeg.dependencies import TORCH_REQUIREMENT, missing_requirements, requirements_file, torch_too_old
+from BrainTumorSeg.edit_check import voxel_digest
 from BrainTumorSeg.labels import SEGMENTS
 from BrainTumorSeg.models.card import available_models
 from BrainTumorSeg.resources import sample_case_dir
@@ -729,7 +729,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def fingerprint(segmentationNode) -> str:
         """Segment ids, names, voxel counts and a digest of the voxels: changes when the user edits the segmentation
-        (also an edit that keeps the counts, such as moving a boundary).
+        (also an edit that keeps the counts, such as moving a boundary; see :func:`voxel_digest`).
 
         Voxels are read from each segment's own (possibly shared) labelmap, those equal to its label
         value: this needs no reference volume and adds no node to the scene. A segment without a binary
@@ -747,7 +747,7 @@ class BrainTumorSegmentationLogic(ScriptedLoadableModuleLogic):
             elif labelmap is not None:
                 array = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentationNode, segmentId)
                 inside = array == segment.GetLabelValue()
-                voxels, digest = int(inside.sum()), hashlib.sha1(inside.tobytes()).hexdigest()
+                voxels, digest = int(inside.sum()), voxel_digest(inside)
             entries.append([segmentId, segment.GetName(), voxels, digest])
         return json.dumps(sorted(entries))
 
