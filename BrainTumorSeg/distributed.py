@@ -67,6 +67,14 @@ class Distributed:
         dist.all_reduce(tensor)
         return float(tensor[0]) / self.world_size, bool(tensor[1] > 0)
 
+    def gather(self, items: list) -> list:
+        """Every rank's ``items``, concatenated in rank order (small picklable values; ``items`` when not distributed)."""
+        if not self.enabled:
+            return list(items)
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, list(items))
+        return [item for part in gathered for item in part]
+
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

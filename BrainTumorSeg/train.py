@@ -301,12 +301,12 @@ def plan_phases(recipe: Recipe) -> list[Phase]:
     return phases
 
 
-def training_spacing(cases: list[CachedCase], warn: bool = True) -> list[float]:
-    """The voxel spacing (mm, x, y, z) the network learns at: the median of the training cases' (inference resamples
-    a case at another spacing to it, see network_grid); a warning names cases more than 10% away from it."""
-    spacing = np.median(np.array([c.spacing for c in cases]), axis=0)
+def training_spacing(spacings: dict[str, tuple[float, float, float]], warn: bool = True) -> list[float]:
+    """The voxel spacing (mm, x, y, z) the network learns at: the median of the training cases' (by case id; inference
+    resamples a case at another spacing to it, see network_grid); a warning names cases more than 10% away from it."""
+    spacing = np.median(np.array(list(spacings.values())), axis=0)
     if warn:
-        away = [c.case_id for c in cases if np.any(np.abs(np.array(c.spacing) - spacing) > 0.1 * spacing)]
+        away = [case for case, s in spacings.items() if np.any(np.abs(np.array(s) - spacing) > 0.1 * spacing)]
         if away:
             log.warning(
                 "%d training case(s) are not at the median spacing %s mm (%s): the network learns at one voxel size, "
@@ -584,7 +584,8 @@ def train(
     val_cases = [load_training_case(args.data / c, args.cache, args.convention) for c in split["validation"]] if main_rank else []
     args.out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a failed start leaves no folder
     log.info("loaded %d training and %d validation cases in %.0f s", len(train_cases), len(val_cases), time.time() - started)
-    card.inputs["spacing_mm"] = training_spacing(train_cases, main_rank)
+    spacings = dict(context.gather([(c.case_id, c.spacing) for c in train_cases]))  # every rank's share of the cases
+    card.inputs["spacing_mm"] = training_spacing(spacings, main_rank)
 
     spatial_3d = recipe.sampler == "blocks"
     memory_format = torch.channels_last if device.type == "cpu" and not spatial_3d else torch.contiguous_format

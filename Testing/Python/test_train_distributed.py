@@ -53,6 +53,7 @@ def test_two_ranks_end_with_identical_weights_and_the_loss_goes_down(data, tmp_p
 
     card = ModelCard.read(out / "ddp-unet.json")  # only rank 0 writes the card
     assert card.training["processes"] == 2 and card.training["command"].startswith("torchrun --nproc_per_node 2 ")
+    assert card.inputs["spacing_mm"] == [1.0, 1.0, 1.0]  # gathered from both ranks' cases
     shipped = {k: v.float() for k, v in load_file(str(card.weights_path)).items()}
     assert all(torch.allclose(shipped[k], rank0[k].float(), atol=1e-2, rtol=1e-2) for k in rank0)
     assert list(out.glob("*.json")) == [out / "ddp-unet.json"]
