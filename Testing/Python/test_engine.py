@@ -138,7 +138,7 @@ def test_3d_window_progress_counts_every_window(models, prepared_sample):
 
 
 def test_a_case_prepared_from_another_case_is_refused(small_case, unet_card, unet_network, sample_case):
-    """Another case's input is refused, also one of the same size (the same voxels, changed after it was prepared)."""
+    """Another case's input is refused, also one of the same size (a copy of the case with other voxels)."""
     run = [Member(unet_card, unet_network)], RunOptions("cpu", "fp32")
     message = r"^the prepared input was not made from this case's volumes \(preprocess.prepare_case\)$"
     with pytest.raises(ValueError, match=message):
