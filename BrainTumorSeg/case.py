@@ -288,6 +288,21 @@ def check_distinct_sequences(data: np.ndarray, names: Sequence[str]) -> None:
 LOW_COVERAGE = 0.9  # a resampled sequence holding less of the T1ce's brain than this gets a warning
 
 
+NOT_STRIPPED = 0.7  # a T1ce with more non-zero voxels than this (BraTS: 10-20%) is taken not to be skull-stripped
+
+
+def warn_if_not_skull_stripped(reference_channel: np.ndarray, name: str | Path) -> None:
+    """Warn when the T1ce looks like a whole head (its background not zero): the models were trained on skull-stripped
+    sequences and take every non-zero voxel for brain, so skull, scalp and noise would all be segmented as brain."""
+    fraction = np.count_nonzero(reference_channel) / max(reference_channel.size, 1)
+    if fraction > NOT_STRIPPED:
+        log.warning(
+            "brain-tumor-seg: warning: %s: %.0f%% of its voxels are non-zero, so it does not look skull-stripped; the "
+            "models expect skull-stripped, co-registered sequences with a zero background, as BraTS provides them",
+            name, 100 * fraction,
+        )  # fmt: skip
+
+
 def brain_coverage(channel: np.ndarray, reference_channel: np.ndarray) -> float:
     """The fraction of the reference sequence's non-zero voxels (its brain, when skull-stripped) where ``channel``
     is non-zero too: how much of the T1ce's brain a sequence resampled onto its grid actually covers."""
@@ -325,6 +340,7 @@ def load_case(paths: Mapping[str, str | Path]) -> Case:
                 paths[modality], 100 * fraction, DISPLAY_NAMES[REFERENCE_MODALITY],
             )  # fmt: skip
     check_distinct_sequences(data, [str(paths[m]) for m in MODALITIES])
+    warn_if_not_skull_stripped(data[MODALITIES.index(REFERENCE_MODALITY)], paths[REFERENCE_MODALITY])
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
     return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled, coverage)
@@ -351,6 +367,7 @@ def load_case_4d(path: str | Path) -> Case:
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
     check_distinct_sequences(data, [names[m] for m in MODALITIES])
+    warn_if_not_skull_stripped(data[MODALITIES.index(REFERENCE_MODALITY)], names[REFERENCE_MODALITY])
     return Case(grid, data, {m: f"{path}#{MSD_CHANNEL_ORDER.index(m)}" for m in MODALITIES})
 
 

@@ -143,6 +143,25 @@ def test_a_sequence_covering_part_of_the_brain_is_used_with_a_warning(tmp_path, 
     assert caplog.text == ""
 
 
+def test_a_t1ce_that_is_not_skull_stripped_gets_a_warning(tmp_path, sample_dir, caplog):
+    """A background of scanner noise instead of zeros (a whole-head scan) is named; the real sample is not (above)."""
+
+    def noisy_background(image: sitk.Image) -> sitk.Image:
+        noise = np.random.default_rng(0).integers(1, 20, sitk.GetArrayViewFromImage(image).shape, dtype=np.int16)
+        out = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) + noise)
+        out.CopyInformation(image)
+        return out
+
+    folder = write_case(tmp_path / "head", sample_dir, noisy_background, only="t1ce")
+    with caplog.at_level("WARNING"):
+        resolve_inputs(folder)
+    assert caplog.messages == [
+        f"brain-tumor-seg: warning: {folder / 'copy_t1ce.nii.gz'}: 100% of its voxels are non-zero, so it does not look "
+        "skull-stripped; the models expect skull-stripped, co-registered sequences with a zero background, as BraTS "
+        "provides them"
+    ]
+
+
 def test_every_stored_voxel_type_reads_as_its_float32_values(tmp_path, sample_dir, sample_case):
     """Volumes stored as uint8, float64, int16 (the sample's) and uint16 come into the case as exactly their values in
     float32, each on its channel; the uint16 T2 is also on another grid (resampled, as above)."""
