@@ -82,9 +82,26 @@ def load_training_case(folder: Path, cache: Path, convention: str) -> CachedCase
     data = prepared.data.astype(np.float16)
     partial = cache / f".{folder.name}.{np.random.default_rng().integers(1 << 30)}.npz"  # ranks may cache the same case
     spacing = canonical_spacing(case.reference)
-    np.savez(partial, data=data, labels=labels, spacing=spacing)
+    source = json.dumps([str(folder.absolute()), convention])
+    np.savez(partial, data=data, labels=labels, spacing=spacing, source=np.array(source))
     partial.replace(cached)
+    remove_stale(cache, folder.name, source, keep=cached)
     return CachedCase(folder.name, data, labels, tuple(spacing.tolist()))
+
+
+def remove_stale(cache: Path, case_id: str, source: str, keep: Path) -> None:
+    """Delete the cache entries of ``case_id`` made from the same folder and convention (``source``) as ``keep`` but
+    from files that have changed since: nothing can read them again. Entries of other folders or conventions stay."""
+    for entry in cache.glob(f"{case_id}-*.npz"):
+        if entry == keep:
+            continue
+        try:
+            with np.load(entry) as z:
+                stale = "source" in z and str(z["source"]) == source
+        except (OSError, ValueError):  # being replaced by another rank, or unreadable: not ours to judge
+            continue
+        if stale:
+            entry.unlink(missing_ok=True)
 
 
 def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:

@@ -321,7 +321,7 @@ def test_bad_training_inputs_are_one_line_errors_and_leave_no_output(kind, data,
 
 
 @needs_brats
-def test_the_case_cache_is_never_read_for_other_files_or_another_convention(data, tmp_path):
+def test_the_case_cache_is_never_read_for_other_files_or_another_convention_and_drops_stale_entries(data, tmp_path):
     case = tmp_path / "data" / TRAIN[0]
     shutil.copytree(data.data / TRAIN[0], case)
     cache = tmp_path / "cache"
@@ -332,7 +332,10 @@ def test_the_case_cache_is_never_read_for_other_files_or_another_convention(data
     labels = sitk.ReadImage(str(truth))
     sitk.WriteImage(labels == 2, str(truth))  # the same case id, other labels (edema only, as label 1)
     changed = load_training_case(case, cache, "brats2017")
-    assert len(list(cache.glob("*.npz"))) == 2 and set(np.unique(changed.labels)) == {0, 1}
+    assert set(np.unique(changed.labels)) == {0, 1}
+    assert len(list(cache.glob("*.npz"))) == 1  # the entry of the old files is gone: nothing could read it again
+    load_training_case(case, cache, "brats2023")
+    assert len(list(cache.glob("*.npz"))) == 2  # another convention's entry is another valid entry
     with pytest.raises(ValueError, match="unknown label convention 'foo'"):
         load_training_case(case, cache, "foo")
 
