@@ -36,7 +36,7 @@ from .evaluation import check_same_grid, metric_columns, metric_row, read_labels
 from .export import STAGING_PREFIX, output_name
 from .labels import REGIONS, SEGMENTS
 
-CASE_COLUMNS: list[str] = ["case_id", "status", "seconds", "error"]
+CASE_COLUMNS: list[str] = ["case_id", "status", "seconds", "error", "warnings"]
 VOLUME_COLUMNS: list[str] = [f"{key}_ml" for key in (*(s.key for s in SEGMENTS), *REGIONS)]
 SEGMENTED, DONE, FAILED = "segmented", "done", "failed"
 
@@ -312,6 +312,7 @@ def run_batch(
                 _report_finished_case(out, case_id, cases[case_id])
             info = json.loads(volumes_json(out, case_id).read_text())
             row.update({f"{key}_ml": value for key, value in info["volumes_ml"].items()})
+            row["warnings"] = "; ".join(info.get("warnings", [])) or None  # about the inputs (not skull-stripped, ...)
             row["report"] = str(report_png(out, case_id))
         except Exception as error:  # isolation: one case's failure never stops the cohort
             row.update(status=FAILED, error=_first_line(error))

@@ -61,6 +61,7 @@ class Case:
     sources: dict[str, str] = field(default_factory=dict)
     resampled: list[str] = field(default_factory=list)
     coverage: dict[str, float] = field(default_factory=dict)  # of each resampled sequence: see brain_coverage
+    warnings: list[str] = field(default_factory=list)  # about the inputs (logged when read; recorded with the outputs)
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -288,19 +289,31 @@ def check_distinct_sequences(data: np.ndarray, names: Sequence[str]) -> None:
 LOW_COVERAGE = 0.9  # a resampled sequence holding less of the T1ce's brain than this gets a warning
 
 
-NOT_STRIPPED = 0.7  # a T1ce with more non-zero voxels than this (BraTS: 10-20%) is taken not to be skull-stripped
+# A T1ce whose non-zero voxels fill more than this is taken not to be skull-stripped: the 35 BraTS 2018 cases here
+# fill 1.15-1.73 L, a head with its skull and scalp about twice that, a noisy background the whole field of view. (Not
+# a fraction of the volume: a skull-stripped case cropped to its brain is mostly non-zero too.)
+NOT_STRIPPED_LITRES = 2.2
 
 
-def warn_if_not_skull_stripped(reference_channel: np.ndarray, name: str | Path) -> None:
-    """Warn when the T1ce looks like a whole head (its background not zero): the models were trained on skull-stripped
-    sequences and take every non-zero voxel for brain, so skull, scalp and noise would all be segmented as brain."""
-    fraction = np.count_nonzero(reference_channel) / max(reference_channel.size, 1)
-    if fraction > NOT_STRIPPED:
-        log.warning(
-            "brain-tumor-seg: warning: %s: %.0f%% of its voxels are non-zero, so it does not look skull-stripped; the "
-            "models expect skull-stripped, co-registered sequences with a zero background, as BraTS provides them",
-            name, 100 * fraction,
-        )  # fmt: skip
+def skull_stripping_warning(reference_channel: np.ndarray, voxel_ml: float, name: str | Path) -> str | None:
+    """A warning when the T1ce looks like a whole head (skull, scalp or a noisy background around the brain): the
+    models were trained on skull-stripped sequences and take every non-zero voxel for brain."""
+    voxels = np.count_nonzero(reference_channel)
+    litres, fraction = voxels * voxel_ml / 1000.0, voxels / max(reference_channel.size, 1)
+    if litres <= NOT_STRIPPED_LITRES:
+        return None
+    return (
+        f"{name}: its non-zero voxels fill {litres:.1f} L ({100 * fraction:.0f}% of the volume), more than a "
+        "skull-stripped brain (BraTS: 1.1-1.8 L); the models expect skull-stripped, co-registered sequences with a "
+        "zero background, as BraTS provides them"
+    )
+
+
+def _warn(warnings: list[str], message: str | None) -> None:
+    """Log ``message`` as a warning and keep it for the outputs."""
+    if message:
+        log.warning("brain-tumor-seg: warning: %s", message)
+        warnings.append(message)
 
 
 def brain_coverage(channel: np.ndarray, reference_channel: np.ndarray) -> float:
@@ -333,17 +346,19 @@ def load_case(paths: Mapping[str, str | Path]) -> Case:
             raise InputError(paths[modality], f"does not overlap the {DISPLAY_NAMES[REFERENCE_MODALITY]} volume in space")
         resampled.append(modality)
     coverage = {m: brain_coverage(data[MODALITIES.index(m)], data[MODALITIES.index(REFERENCE_MODALITY)]) for m in resampled}
+    warnings: list[str] = []
     for modality, fraction in coverage.items():
         if fraction < LOW_COVERAGE:
-            log.warning(
-                "brain-tumor-seg: warning: %s: covers only %.0f%% of the %s volume's non-zero voxels; the rest is read as empty",
-                paths[modality], 100 * fraction, DISPLAY_NAMES[REFERENCE_MODALITY],
-            )  # fmt: skip
+            _warn(warnings, (
+                f"{paths[modality]}: covers only {100 * fraction:.0f}% of the {DISPLAY_NAMES[REFERENCE_MODALITY]} "
+                "volume's non-zero voxels; the rest is read as empty"
+            ))  # fmt: skip
     check_distinct_sequences(data, [str(paths[m]) for m in MODALITIES])
-    warn_if_not_skull_stripped(data[MODALITIES.index(REFERENCE_MODALITY)], paths[REFERENCE_MODALITY])
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    _warn(warnings, skull_stripping_warning(data[MODALITIES.index(REFERENCE_MODALITY)], voxel_ml, paths[REFERENCE_MODALITY]))
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
-    return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled, coverage)
+    return Case(grid, data, {m: str(paths[m]) for m in MODALITIES}, resampled, coverage, warnings)
 
 
 def load_case_4d(path: str | Path) -> Case:
@@ -367,8 +382,10 @@ def load_case_4d(path: str | Path) -> Case:
     grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
     grid.CopyInformation(reference)
     check_distinct_sequences(data, [names[m] for m in MODALITIES])
-    warn_if_not_skull_stripped(data[MODALITIES.index(REFERENCE_MODALITY)], names[REFERENCE_MODALITY])
-    return Case(grid, data, {m: f"{path}#{MSD_CHANNEL_ORDER.index(m)}" for m in MODALITIES})
+    warnings: list[str] = []
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    _warn(warnings, skull_stripping_warning(data[MODALITIES.index(REFERENCE_MODALITY)], voxel_ml, names[REFERENCE_MODALITY]))
+    return Case(grid, data, {m: f"{path}#{MSD_CHANNEL_ORDER.index(m)}" for m in MODALITIES}, warnings=warnings)
 
 
 def resolve_inputs(input_path: str | Path | None = None, **files: str | Path | None) -> Case:

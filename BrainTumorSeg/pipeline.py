@@ -367,7 +367,10 @@ def segment_to_folder(
     try:
         paths = write_outputs(
             out, case_id, result.labels, case.reference, model_id, case.sources, convention, extras,
-            details=run_details(result) | {"resampled": {m: round(f, 3) for m, f in case.coverage.items()}},
+            details=run_details(result) | {
+                "resampled": {m: round(f, 3) for m, f in case.coverage.items()},
+                "warnings": case.warnings,
+            },
             before_commit=control.check,
         )  # fmt: skip
     except BaseException:

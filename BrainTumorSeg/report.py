@@ -212,6 +212,7 @@ table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: middle; }
 th { background: #f0f0f0; } td.id, th.id { text-align: left; }
 tr.failed td { background: #fde8e8; } td.error { text-align: left; color: #a00; max-width: 420px; }
+div.warning { text-align: left; color: #a05a00; font-size: 12px; max-width: 420px; }
 img.thumb { width: 260px; display: block; }
 .note { color: #555; font-size: 13px; }
 """
@@ -273,7 +274,8 @@ def cohort_html(rows: Sequence[Mapping[str, Any]], page_dir: Path, title: str, n
         failed = row.get("status") == "failed"
         case_id = str(row.get("case_id", ""))
         parts.append(f"<tr class='{'failed' if failed else ''}'><td class='id'>{html.escape(case_id)}</td>")
-        parts.append(f"<td>{_cell(row.get('status'))}</td>")
+        warnings = f"<div class='warning'>{html.escape(str(row['warnings']))}</div>" if row.get("warnings") else ""
+        parts.append(f"<td>{_cell(row.get('status'))}{warnings}</td>")
         if failed:
             span = len(VOLUME_KEYS) + (2 * len(REGIONS) if has_metrics else 0) + 1
             parts.append(f"<td class='error' colspan='{span}'>{_cell(row.get('error'))}</td></tr>")

@@ -302,3 +302,22 @@ def test_killed_run_resumes_without_redoing_finished_cases(cohort, models_dir, t
     assert list(shard2) == ["Brats18_CBICA_ABM_1", "Broken_case"]
     assert shard1[first]["status"] == SEGMENTED and shard2["Brats18_CBICA_ABM_1"]["status"] == DONE
     assert json.loads(marker.read_text())["label_convention"] == "brats2023"
+
+
+def test_a_warning_about_a_case_s_inputs_is_kept_in_its_row_json_and_page(cropped_sample, models_dir, tmp_path, caplog):
+    """A cohort is reviewed from its files, not its stderr: a case that does not look skull-stripped (the cropped sample
+    stored at 3 mm voxels fills about 4.5 L) says so in cohort.csv, its volumes JSON and the HTML page."""
+    case = tmp_path / "cohort" / "Wide_case"
+    case.mkdir(parents=True)
+    for path in cropped_sample.glob("*.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(image, str(case / path.name.replace(cropped_sample.name, "Wide_case")))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert main(batch_args(case.parent, out, models_dir, "--report")) == 0
+    warning = json.loads((out / "Wide_case" / "Wide_case_volumes.json").read_text())["warnings"]
+    assert len(warning) == 1 and "more than a skull-stripped brain" in warning[0]
+    assert caplog.messages == [f"brain-tumor-seg: warning: {warning[0]}"]  # on stderr in a shell
+    assert read_csv(out / "cohort.csv")["Wide_case"]["warnings"] == warning[0]
+    assert "<div class='warning'>" in (out / "report.html").read_text()

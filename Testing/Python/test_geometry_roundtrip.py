@@ -8,6 +8,7 @@ each other voxel for voxel.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,23 +144,38 @@ def test_a_sequence_covering_part_of_the_brain_is_used_with_a_warning(tmp_path, 
     assert caplog.text == ""
 
 
-def test_a_t1ce_that_is_not_skull_stripped_gets_a_warning(tmp_path, sample_dir, caplog):
-    """A background of scanner noise instead of zeros (a whole-head scan) is named; the real sample is not (above)."""
+def noisy_background(image: sitk.Image) -> sitk.Image:
+    """Scanner noise instead of zeros around the head."""
+    noise = np.random.default_rng(0).integers(1, 20, sitk.GetArrayViewFromImage(image).shape, dtype=np.int16)
+    out = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) + noise)
+    out.CopyInformation(image)
+    return out
 
-    def noisy_background(image: sitk.Image) -> sitk.Image:
-        noise = np.random.default_rng(0).integers(1, 20, sitk.GetArrayViewFromImage(image).shape, dtype=np.int16)
-        out = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) + noise)
-        out.CopyInformation(image)
-        return out
 
-    folder = write_case(tmp_path / "head", sample_dir, noisy_background, only="t1ce")
+def skull_around_the_brain(image: sitk.Image) -> sitk.Image:
+    """A bright 12 mm shell around the brain with the air kept at zero, as some clinical exports store a whole head."""
+    brain = sitk.GetArrayFromImage(image) != 0
+    head = sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(brain.astype(np.uint8)), [12, 12, 12]))
+    array = sitk.GetArrayFromImage(image)
+    array[(head > 0) & ~brain] = 600
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+@pytest.mark.parametrize("head", [noisy_background, skull_around_the_brain], ids=["noise", "skull"])
+def test_a_t1ce_that_is_not_skull_stripped_gets_a_warning_that_is_kept(head, tmp_path, sample_dir, caplog):
+    """Named on stderr and kept in the case for the outputs; the real sample gets none (the test above)."""
+    folder = write_case(tmp_path / "head", sample_dir, head, only="t1ce")
     with caplog.at_level("WARNING"):
-        resolve_inputs(folder)
-    assert caplog.messages == [
-        f"brain-tumor-seg: warning: {folder / 'copy_t1ce.nii.gz'}: 100% of its voxels are non-zero, so it does not look "
-        "skull-stripped; the models expect skull-stripped, co-registered sequences with a zero background, as BraTS "
-        "provides them"
-    ]
+        case = resolve_inputs(folder)
+    pattern = (
+        rf"{re.escape(str(folder / 'copy_t1ce.nii.gz'))}: its non-zero voxels fill \d+\.\d L \(\d+% of the volume\), "
+        r"more than a skull-stripped brain \(BraTS: 1\.1-1\.8 L\); the models expect skull-stripped, co-registered "
+        r"sequences with a zero background, as BraTS provides them"
+    )
+    assert len(case.warnings) == 1 and re.fullmatch(pattern, case.warnings[0]), case.warnings
+    assert caplog.messages == [f"brain-tumor-seg: warning: {case.warnings[0]}"]
 
 
 def test_every_stored_voxel_type_reads_as_its_float32_values(tmp_path, sample_dir, sample_case):
