@@ -6,7 +6,9 @@ the file stored its voxels.
 
 - :func:`predict_slices`: a 2D network on whole slices, batched. For Havaei's patch
   classifiers, whose forward is fully convolutional, this is the dense evaluation of every
-  pixel's patch in one pass.
+  pixel's patch in one pass. With ``box_margin`` each batch runs only on the in-plane box of
+  its brain pixels (:func:`brain_box`), which the brain crop of the whole volume is wider than
+  near the top and bottom of the brain.
 - :func:`predict_window`: a 2D network on tiles of each slice, or a 3D network on blocks of
   the volume, with overlapping windows blended by a gaussian (MONAI's sliding-window inferer).
 """
@@ -41,6 +43,23 @@ def activate(scores: torch.Tensor, output_type: str) -> torch.Tensor:
     return torch.sigmoid(scores) if output_type == "regions" else torch.softmax(scores, dim=1)
 
 
+def brain_box(occupied: torch.Tensor, margin: int, multiple: int = 16) -> tuple[slice, slice]:
+    """In-plane box ``(rows, columns)`` around the true pixels of ``occupied`` ``(S, H, W)``, ``margin`` pixels wider on
+    each side and grown to a multiple of ``multiple`` (a U-Net's pooling), within the slice; a corner when none is true.
+    """
+    height, width = occupied.shape[1:]
+    if not bool(occupied.any()):
+        return slice(0, min(multiple, height)), slice(0, min(multiple, width))
+    box = []
+    for hits, size in ((occupied.any(dim=2).any(dim=0), height), (occupied.any(dim=1).any(dim=0), width)):
+        where = hits.nonzero()[:, 0]
+        first, end = int(where[0]), int(where[-1]) + 1
+        length = min(size, -(-(end - first + 2 * margin) // multiple) * multiple)
+        begin = max(0, min(first - margin, size - length))
+        box.append(slice(begin, begin + length))
+    return box[0], box[1]
+
+
 @torch.inference_mode()
 def predict_slices(
     network: nn.Module,
@@ -52,8 +71,15 @@ def predict_slices(
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: Progress | None = None,
+    box_margin: int | None = None,
 ) -> np.ndarray:
-    """Probabilities ``(K, x, y, z)`` from a 2D network applied slice by slice along ``axis``."""
+    """Probabilities ``(K, x, y, z)`` from a 2D network applied slice by slice along ``axis``.
+
+    ``box_margin``: run each batch on :func:`brain_box` of its slices and their context (non-zero pixels, the brain of
+    a prepared volume), that many pixels wider on each side; outside it the probabilities are those of certain
+    background. ``None``: whole slices. For a patch classifier whose forward pads with zeros (Havaei's CNNs) any margin
+    gives the whole slices' result inside the brain, as the box only drops zeros; for a U-Net it is close, not equal.
+    """
     device = device or torch.device("cpu")
     axis_index = AXES[axis]
     data = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
@@ -65,19 +91,35 @@ def predict_slices(
     if total == 0:
         raise ValueError(f"volume {tuple(volume.shape)} has no {axis} slice")
     probabilities = torch.empty(0)  # (K, x, y, z), contiguous: what averaging and labelling read fastest
+    occupied = (slices != 0).any(dim=1) if box_margin is not None else None  # (S, H, W)
+    box = (slice(None), slice(None))
     for start in range(0, total, batch_size):
         index = torch.arange(start, min(start + batch_size, total))
-        batch = context_stack(slices, index, context).to(device).contiguous(memory_format=memory_format)
+        if occupied is not None:  # the batch's slices and the context slices they read
+            box = brain_box(occupied[max(0, start - context) : int(index[-1]) + 1 + context], box_margin)
+        batch = context_stack(slices[:, :, box[0], box[1]], index, context).to(device).contiguous(memory_format=memory_format)
         with autocast(device, dtype):
             scores = network(batch)
         if scores.shape[0] != batch.shape[0] or scores.shape[2:] != batch.shape[2:]:
             raise ValueError(f"the network maps slices {tuple(batch.shape)} to {tuple(scores.shape)}, not one output per slice")
         if start == 0:
-            probabilities = torch.empty((scores.shape[1], *data.shape[1:]), dtype=torch.float32)
-        probabilities.movedim(1 + axis_index, 0)[start : start + len(index)] = activate(scores.float(), output_type).cpu()
+            probabilities = background(scores.shape[1], data.shape[1:], output_type, box_margin is None)
+        in_box = (slice(start, start + len(index)), slice(None), box[0], box[1])
+        probabilities.movedim(1 + axis_index, 0)[in_box] = activate(scores.float(), output_type).cpu()
         if progress:
             progress(int(index[-1]) + 1, total)
     return probabilities.numpy()
+
+
+def background(channels: int, shape: Sequence[int], output_type: str, overwritten: bool) -> torch.Tensor:
+    """A ``(channels, *shape)`` float32 array for probabilities: certain background (no region; class 0), or left
+    uninitialised when every voxel is ``overwritten``."""
+    if overwritten:
+        return torch.empty((channels, *shape), dtype=torch.float32)
+    probabilities = torch.zeros((channels, *shape), dtype=torch.float32)
+    if output_type != "regions":
+        probabilities[0] = 1
+    return probabilities
 
 
 def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:

@@ -35,6 +35,10 @@ from .progress import RunControl
 
 log = logging.getLogger("brain_tumor_seg")
 
+# Pixels around each batch's brain that slice-wise modes run on (a card's ``inference.box_margin``; null: the whole brain
+# crop): on an AVX2 CPU 20% less time for the default model, validation Dice within 0.0005 (README, Inference options).
+BOX_MARGIN = 16
+
 
 @dataclass(frozen=True)
 class InferenceOptions:
@@ -57,7 +61,7 @@ class InferenceOptions:
 def inference_settings(card: ModelCard, options: InferenceOptions | None = None) -> dict:
     """The card's inference block with ``options`` applied, checked; InputError naming the problem."""
     overrides = {k: v for k, v in asdict(options or InferenceOptions()).items() if v is not None}
-    settings = {"axis": "axial", "overlap": 0.5, "flips": "none", **card.inference, **overrides}
+    settings = {"axis": "axial", "overlap": 0.5, "flips": "none", "box_margin": BOX_MARGIN, **card.inference, **overrides}
     dims = int(card.inference.get("spatial_dims", 2))
     mode = settings.get("mode")
     if mode not in MODES:
@@ -70,6 +74,10 @@ def inference_settings(card: ModelCard, options: InferenceOptions | None = None)
         raise InputError("--tta", f"unknown mirroring {settings['flips']!r}; choose {', '.join(FLIPS)}")
     if not 0 <= float(settings["overlap"]) < 1:
         raise InputError("--overlap", "overlap must be at least 0 and below 1")
+    margin = settings["box_margin"]
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
+        message = f"inference.box_margin must be a number of pixels (0 or more) or null, not {margin!r}"
+        raise InputError(card.path or card.id, message)
     if mode == "window":
         window = settings.get("window") or (128,) * dims
         if len(window) != dims or min(window) < 1:
@@ -78,7 +86,7 @@ def inference_settings(card: ModelCard, options: InferenceOptions | None = None)
     return settings
 
 
-RECORDED_INFERENCE: tuple[str, ...] = ("mode", "axis", "window", "overlap", "flips")
+RECORDED_INFERENCE: tuple[str, ...] = ("mode", "axis", "window", "overlap", "flips", "box_margin")
 
 
 def settings_record(card: ModelCard, settings: dict) -> dict:
@@ -87,6 +95,7 @@ def settings_record(card: ModelCard, settings: dict) -> dict:
     windowed = settings["mode"] == "window"  # window and overlap mean nothing to the other modes
     values["window"] = list(values["window"]) if windowed else None
     values["overlap"] = float(values["overlap"]) if windowed else None
+    values["box_margin"] = None if windowed else values["box_margin"]  # slice-wise modes only
     return {"model": card.id, **values}
 
 
@@ -118,7 +127,8 @@ def predict_with_card(
     if settings["mode"] == "window":
         batch_size = int(settings.get("batch_size", 4 if len(settings["window"]) == 2 else 1))
         return predict_window(network, volume, settings["window"], float(settings["overlap"]), batch_size=batch_size, **common)
-    return predict_slices(network, volume, batch_size=int(settings.get("batch_size", 16)), **common)
+    batch_size = int(settings.get("batch_size", 16))
+    return predict_slices(network, volume, batch_size=batch_size, box_margin=settings["box_margin"], **common)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

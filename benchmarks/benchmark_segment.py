@@ -11,6 +11,7 @@ Prints, each figure from this invocation on this machine:
   ``batch`` run over copies of the case (the model loaded once),
   and the network forward alone, and their ratio (what the pipeline around the network costs);
   targets (issue 4): whole run <= 10 s, ratio <= 1.3;
+- the same forward on whole brain crops (slice-wise networks without the per-batch brain box), in the same run;
 - the start-up alone (a new interpreter importing what ``segment`` imports, nothing run) and the whole run
   less it, as a ratio to the forward: how much of the whole-run ratio is interpreter and imports;
 - peak memory (RSS) of a CLI run; target <= 3 GB;
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,9 +138,13 @@ def prepared_sample() -> tuple[np.ndarray, np.ndarray]:
     return prepared.data, orientation.to_canonical(truth)[prepared.crop.slices]
 
 
-def time_forward(model: str | None, volume: np.ndarray) -> list[float]:
-    """Seconds of each of the model's networks (an ensemble card's members) on the prepared volume."""
-    loaded = [(card, card.load()) for card in member_cards(get_model(model))]
+def time_forward(model: str | None, volume: np.ndarray, whole_crop: bool = False) -> list[float]:
+    """Seconds of each of the model's networks (an ensemble card's members) on the prepared volume; ``whole_crop``: the
+    slice-wise networks on the whole brain crop (``inference.box_margin`` null) instead of each batch's brain box."""
+    cards = member_cards(get_model(model))
+    if whole_crop:
+        cards = [replace(card, inference={**card.inference, "box_margin": None}) for card in cards]
+    loaded = [(card, card.load()) for card in cards]
     device = torch.device("cpu")
     seconds = []
     for card, network in loaded:
@@ -222,6 +227,11 @@ def main() -> None:
         names = [card.id for card in member_cards(card)]
         print(f"  of which, per network (median):    {', '.join(f'{n} {t:.2f} s' for n, t in zip(names, medians, strict=True))}")
     print(f"whole run / forward:                 {whole / net:7.2f}   (target <= 1.3; whole run target <= 10 s)")
+    uncropped = statistics.median(sum(time_forward(args.model, volume, whole_crop=True)) for _ in range(args.repeats))
+    print(
+        f"forward on whole brain crops instead of each batch's brain box: {uncropped:.2f} s "
+        f"(the box saves {1 - net / uncropped:.0%})"
+    )
     startup = statistics.median(time_startup() for _ in range(args.repeats))
     print(
         f"start-up alone (interpreter + imports): {startup:5.2f} s; (whole run - start-up) / forward: "

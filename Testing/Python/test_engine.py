@@ -332,6 +332,15 @@ def test_bad_inference_options_name_the_option(unet_card, options, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("margin", [-1, 2.5, "16", True])
+def test_a_cards_box_margin_is_a_number_of_pixels_or_null(unet_card, margin):
+    card = replace(unet_card, inference={**unet_card.inference, "box_margin": margin})
+    with pytest.raises(InputError) as error:
+        inference_settings(card)
+    assert str(error.value) == f"{card.path}: inference.box_margin must be a number of pixels (0 or more) or null, not {margin!r}"
+    assert inference_settings(replace(card, inference={**card.inference, "box_margin": None}))["box_margin"] is None
+
+
 def test_3d_model_refuses_slice_mode(models):
     with pytest.raises(InputError) as error:
         inference_settings(models["segresnet"], InferenceOptions(mode="slices"))

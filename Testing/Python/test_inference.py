@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from BrainTumorSeg.geometry import Reorientation
-from BrainTumorSeg.inference import context_stack, predict_slices, predict_with_flips
+from BrainTumorSeg.inference import brain_box, context_stack, predict_slices, predict_with_flips
 from BrainTumorSeg.models.card import ModelCard
 from BrainTumorSeg.preprocess import prepare
 
@@ -93,3 +93,46 @@ def test_tta_output_is_invariant_to_flipping_the_input(tiny_network, volume, fli
     np.testing.assert_allclose(direct, mirrored, atol=1e-6)
     plain = predict(volume)
     assert not np.allclose(plain, np.flip(predict(np.flip(volume, axes).copy()), axes), atol=1e-3)  # the network alone is not
+
+
+def test_brain_box_widens_the_brain_by_the_margin_to_a_multiple_of_16():
+    occupied = torch.zeros(3, 100, 120, dtype=torch.bool)
+    occupied[1, 30:40, 50:55] = True
+    assert brain_box(occupied, 4) == (slice(26, 58), slice(46, 62))  # 10 + 8 rows -> 32, 5 + 8 columns -> 16
+    occupied[2, 98, 119] = True  # a pixel at the far corner: the box stays inside the slice, moved in to keep its size
+    assert brain_box(occupied, 4) == (slice(20, 100), slice(40, 120))  # 69 + 8 -> 80, 70 + 8 -> 80
+    assert brain_box(occupied, 200) == (slice(0, 100), slice(0, 120))
+    assert brain_box(torch.zeros(2, 40, 8, dtype=torch.bool), 4) == (slice(0, 16), slice(0, 8))  # no brain: a corner
+
+
+@pytest.fixture(scope="module")
+def top_of_brain(sample_case) -> np.ndarray:
+    """The sample's 8 highest axial slices of brain, where a slice's brain is much smaller than the brain crop."""
+    return prepare(Reorientation.of(sample_case.reference).to_canonical(sample_case.data)).data[..., -8:]
+
+
+def test_the_brain_box_keeps_a_patch_classifiers_dense_result_and_is_background_outside(top_of_brain):
+    """The shipped TwoPathCNN (Havaei 2017) evaluated densely: on the brain's box its forward pads with the zeros the box
+    dropped, so every brain pixel gets the whole slice's probabilities; outside the box it is certain background."""
+    from BrainTumorSeg.models.card import get_model
+
+    network = get_model("twopathcnn-axial").load()
+    whole = predict_slices(network, top_of_brain, "axial", output_type="classes", batch_size=4)
+    boxed = predict_slices(network, top_of_brain, "axial", output_type="classes", batch_size=4, box_margin=0)
+    brain = (top_of_brain != 0).any(axis=0)
+    np.testing.assert_allclose(boxed[:, brain], whole[:, brain], atol=1e-5)
+    occupied = torch.from_numpy(brain).movedim(2, 0)
+    outside = np.ones(brain.shape, bool)
+    for start in (0, 4):  # each batch's box
+        rows, cols = brain_box(occupied[start : start + 4], 0)
+        outside[rows, cols, start : start + 4] = False
+    assert outside.any() and (boxed[0][outside] == 1).all() and (boxed[1:][:, outside] == 0).all()
+
+
+def test_the_brain_box_changes_a_unets_labels_little(unet_network, top_of_brain):
+    """A U-Net's zero padding at the box's edge is not the background it saw around the brain crop: close, not equal."""
+    whole = predict_slices(unet_network, top_of_brain, "axial", context=1, box_margin=None)
+    boxed = predict_slices(unet_network, top_of_brain, "axial", context=1, box_margin=16)
+    brain = (top_of_brain != 0).any(axis=0)
+    assert ((whole > 0.5) == (boxed > 0.5))[:, brain].mean() > 0.998
+    assert not np.array_equal(whole[:, brain], boxed[:, brain])
