@@ -147,6 +147,18 @@ SETTING_NAMES = {
 }
 
 
+# Inference settings that volumes JSONs record since a later version, with the value the versions before ran with.
+LATER_INFERENCE_SETTINGS: dict[str, Any] = {"box_margin": None}  # None: whole brain crops
+
+
+def recorded_value(earlier: Mapping[str, Any], key: str) -> Any:
+    """``earlier[key]``; for ``inference``, each network's record completed with what older versions did not record."""
+    value = earlier.get(key)
+    if key == "inference" and isinstance(value, list):
+        return [{**LATER_INFERENCE_SETTINGS, **entry} if isinstance(entry, dict) else entry for entry in value]
+    return value
+
+
 def reasons_to_redo(
     earlier: Mapping[str, Any], expect: Mapping[str, Any], wanted: Sequence[str], unrecorded_ok: Sequence[str] = ()
 ) -> str:
@@ -158,8 +170,8 @@ def reasons_to_redo(
     for key, value in expect.items():
         if key in unrecorded_ok and key not in earlier:
             continue
-        if earlier.get(key) != value:
-            before = earlier.get(key)
+        before = recorded_value(earlier, key)
+        if before != value:
             what = SETTING_NAMES.get(key, f"another {key}")
             reasons.append(what + (f" ({before})" if isinstance(before, str) else " (not recorded)" if before is None else ""))
     missing = [kind for kind in wanted if kind not in earlier.get("outputs", {})]

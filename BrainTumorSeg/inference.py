@@ -77,8 +77,9 @@ def predict_slices(
 
     ``box_margin``: run each batch on :func:`brain_box` of its slices and their context (non-zero pixels, the brain of
     a prepared volume), that many pixels wider on each side; outside it the probabilities are those of certain
-    background. ``None``: whole slices. For a patch classifier whose forward pads with zeros (Havaei's CNNs) any margin
-    gives the whole slices' result inside the brain, as the box only drops zeros; for a U-Net it is close, not equal.
+    background (a batch without brain runs on a corner, whose output is the network's). ``None``: whole slices. For a
+    patch classifier whose forward pads with zeros (Havaei's CNNs) any margin gives the whole slices' result inside the
+    brain, as the box only drops zeros; for a U-Net it is close, not equal.
     """
     device = device or torch.device("cpu")
     axis_index = AXES[axis]
@@ -112,8 +113,8 @@ def predict_slices(
 
 
 def background(channels: int, shape: Sequence[int], output_type: str, overwritten: bool) -> torch.Tensor:
-    """A ``(channels, *shape)`` float32 array for probabilities: certain background (no region; class 0), or left
-    uninitialised when every voxel is ``overwritten``."""
+    """A ``(channels, *shape)`` float32 array for probabilities: certain background (no region, or all of channel 0,
+    the background class), or left uninitialised when every voxel is ``overwritten``."""
     if overwritten:
         return torch.empty((channels, *shape), dtype=torch.float32)
     probabilities = torch.zeros((channels, *shape), dtype=torch.float32)

@@ -27,6 +27,7 @@ from .geometry import Reorientation
 from .inference import Progress, predict_slices, predict_window, predict_with_flips
 from .models.card import AXES, FLIPS, MODES, ModelCard
 from .models.ensemble import member_cards
+from .models.registry import ARCHITECTURES
 from .network_grid import canonical_spacing, canonical_to_case, needs_resampling, network_spacing, resample_case
 from .postprocess import PostprocessOptions, postprocess, probabilities_to_labels
 from .preprocess import Prepared, prepare_case
@@ -36,18 +37,31 @@ from .progress import RunControl
 log = logging.getLogger("brain_tumor_seg")
 
 # Pixels around each batch's brain that slice-wise modes run on (a card's ``inference.box_margin``; null: the whole brain
-# crop): on an AVX2 CPU 20% less time for the default model, validation Dice within 0.0005 (README, Inference options).
+# crop; a network class's ``default_box_margin`` when the card says nothing): on a 2-core AVX2 CPU 14-20% less time for
+# the default model, validation Dice of the U-Nets within 0.0006 (README, Inference options).
 BOX_MARGIN = 16
+
+
+def default_box_margin(card: ModelCard) -> int | None:
+    """The brain box margin of ``card``'s network when its card names none: its class's ``default_box_margin``."""
+    return getattr(ARCHITECTURES.get(card.architecture), "default_box_margin", BOX_MARGIN)
+
+
+def box_changes_labels(card: ModelCard) -> bool:
+    """False for networks whose result inside the brain the brain box cannot change (``brain_box_exact``)."""
+    return not getattr(ARCHITECTURES.get(card.architecture), "brain_box_exact", False)
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
     """Overrides of a model card's ``inference`` block; ``None`` keeps the card's value.
 
-    ``mode``: ``slices`` (2D, whole slices along ``axis``), ``dense`` (the same for Havaei's patch
+    ``mode``: ``slices`` (2D, slices along ``axis``, batched on their brain's box), ``dense`` (the same for Havaei's patch
     classifiers: every pixel's patch in one pass), ``window`` (sliding ``window`` of 2 values for a
     2D network on each slice, 3 for a 3D network, ``overlap`` between windows, gaussian blending).
-    ``flips``: test-time mirroring, ``none``, ``x`` or ``xy``.
+    ``flips``: test-time mirroring, ``none``, ``x`` or ``xy``. ``batch_size``: slices (or windows) per forward; with
+    the card's brain box (``inference.box_margin``, see :func:`inference.predict_slices`) it is also how many slices
+    share one box, so it can move a U-Net's probabilities slightly.
     """
 
     mode: str | None = None
@@ -61,7 +75,8 @@ class InferenceOptions:
 def inference_settings(card: ModelCard, options: InferenceOptions | None = None) -> dict:
     """The card's inference block with ``options`` applied, checked; InputError naming the problem."""
     overrides = {k: v for k, v in asdict(options or InferenceOptions()).items() if v is not None}
-    settings = {"axis": "axial", "overlap": 0.5, "flips": "none", "box_margin": BOX_MARGIN, **card.inference, **overrides}
+    defaults = {"axis": "axial", "overlap": 0.5, "flips": "none", "box_margin": default_box_margin(card)}
+    settings = {**defaults, **card.inference, **overrides}
     dims = int(card.inference.get("spatial_dims", 2))
     mode = settings.get("mode")
     if mode not in MODES:
@@ -95,7 +110,9 @@ def settings_record(card: ModelCard, settings: dict) -> dict:
     windowed = settings["mode"] == "window"  # window and overlap mean nothing to the other modes
     values["window"] = list(values["window"]) if windowed else None
     values["overlap"] = float(values["overlap"]) if windowed else None
-    values["box_margin"] = None if windowed else values["box_margin"]  # slice-wise modes only
+    # Recorded where it can change the labels (slice-wise modes, networks not exact on the box): an earlier volumes JSON
+    # without it (whole brain crops) then matches every network that the box leaves as it was.
+    values["box_margin"] = values["box_margin"] if not windowed and box_changes_labels(card) else None
     return {"model": card.id, **values}
 
 

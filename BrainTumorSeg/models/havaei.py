@@ -82,6 +82,9 @@ class _PatchClassifier(nn.Module):
 
     citation: ClassVar[str] = CITATION
     patch_size: int
+    # Each output pixel sees only its patch and forward pads with zeros: on a box that drops only zeros (the brain box of
+    # inference.predict_slices) every brain pixel gets the whole slice's result, so the box's margin cannot change labels.
+    brain_box_exact: ClassVar[bool] = True
 
     @property
     def margin(self) -> int:

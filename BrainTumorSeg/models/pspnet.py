@@ -86,6 +86,9 @@ class PSPNet(nn.Module):
     """
 
     citation: ClassVar[str] = "Zhao et al., Pyramid Scene Parsing Network, CVPR 2017 (arXiv:1612.01105)"
+    # The pyramid pools over the whole input, so a smaller box changes every pixel's context: by default slice-wise
+    # inference gives it the whole brain crop (inference.box_margin null), as it was trained and validated.
+    default_box_margin: ClassVar[int | None] = None
 
     def __init__(
         self,

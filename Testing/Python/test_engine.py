@@ -24,6 +24,7 @@ from BrainTumorSeg.pipeline import (
     InferenceOptions,
     Member,
     RunOptions,
+    inference_record,
     inference_settings,
     predict_with_card,
     segment,
@@ -339,6 +340,30 @@ def test_a_cards_box_margin_is_a_number_of_pixels_or_null(unet_card, margin):
         inference_settings(card)
     assert str(error.value) == f"{card.path}: inference.box_margin must be a number of pixels (0 or more) or null, not {margin!r}"
     assert inference_settings(replace(card, inference={**card.inference, "box_margin": None}))["box_margin"] is None
+
+
+def test_the_brain_box_is_recorded_where_it_can_change_labels_and_a_card_without_it_takes_its_networks_default():
+    from BrainTumorSeg.models.card import get_model
+
+    cards = [get_model(i) for i in ("unet2d-axial", "pspnet-axial", "twopathcnn-axial", "segresnet-3d")]
+    assert {r["model"]: r["box_margin"] for r in inference_record(cards)} == {
+        "unet2d-axial": 16,  # the U-Net's labels move a little with the box
+        "pspnet-axial": None,  # its card: the whole crop
+        "twopathcnn-axial": None,  # a patch classifier: the box cannot change its labels
+        "segresnet-3d": None,  # window mode
+    }
+    unet, pspnet = (replace(c, inference={k: v for k, v in c.inference.items() if k != "box_margin"}) for c in cards[:2])
+    assert inference_settings(unet)["box_margin"] == 16 and inference_settings(pspnet)["box_margin"] is None
+
+
+def test_a_volumes_json_from_before_the_brain_box_is_redone_only_for_networks_it_changes():
+    from BrainTumorSeg.batch import reasons_to_redo
+    from BrainTumorSeg.models.card import get_model
+
+    for model_id, reason in [("unet2d-axial", "other inference settings"), ("pspnet-axial", ""), ("twopathcnn-axial", "")]:
+        now = inference_record([get_model(model_id)])
+        earlier = [{k: v for k, v in record.items() if k != "box_margin"} for record in now]  # the earlier version's
+        assert reasons_to_redo({"inference": earlier}, {"inference": now}, []) == reason, model_id
 
 
 def test_3d_model_refuses_slice_mode(models):

@@ -11,7 +11,7 @@ import torch
 
 from BrainTumorSeg.geometry import Reorientation
 from BrainTumorSeg.inference import brain_box, context_stack, predict_slices, predict_with_flips
-from BrainTumorSeg.models.card import ModelCard
+from BrainTumorSeg.models.card import AXES, ModelCard
 from BrainTumorSeg.preprocess import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +136,31 @@ def test_the_brain_box_changes_a_unets_labels_little(unet_network, top_of_brain)
     brain = (top_of_brain != 0).any(axis=0)
     assert ((whole > 0.5) == (boxed > 0.5))[:, brain].mean() > 0.998
     assert not np.array_equal(whole[:, brain], boxed[:, brain])
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_the_brain_box_holds_every_pixel_that_a_slice_or_its_context_has_brain_in(axis):
+    """A pixel-wise network (a 1x1 convolution summing the slice and its neighbours) gives on each batch's box exactly
+    what it gives on whole slices wherever the slice or a context neighbour has brain, on every axis and in a last,
+    partial batch; elsewhere the box leaves certain background."""
+    generator = np.random.default_rng(3)
+    volume = np.zeros((2, 64, 56, 48), np.float32)
+    for _ in range(6):  # small blobs of brain scattered through the volume, so each batch's box is its own
+        corner = [int(generator.integers(0, n - 6)) for n in volume.shape[1:]]
+        volume[:, corner[0] : corner[0] + 6, corner[1] : corner[1] + 6, corner[2] : corner[2] + 6] = generator.normal(
+            1.0, 0.3, (2, 6, 6, 6)
+        )
+    network = torch.nn.Conv2d(6, 1, 1, bias=False)
+    torch.nn.init.ones_(network.weight)
+    whole = predict_slices(network, volume, axis, context=1, batch_size=5)
+    boxed = predict_slices(network, volume, axis, context=1, batch_size=5, box_margin=0)
+    along = 1 + AXES[axis]
+    brain = (volume != 0).any(axis=0, keepdims=True)
+    count = brain.shape[along]
+    before = np.take(brain, [0, *range(count - 1)], along)  # each slice's previous one (the first repeats itself)
+    after = np.take(brain, [*range(1, count), count - 1], along)
+    seen = brain | before | after  # the slice or a neighbour has brain there
+    assert 0 < seen.mean() < 0.5
+    np.testing.assert_allclose(boxed[seen], whole[seen], atol=1e-6)
+    assert set(np.unique(boxed[~seen])) <= {0.0, 0.5}  # certain background outside the box, sigmoid(0) inside it
+    assert (boxed[~seen] == 0).mean() > 0.5
