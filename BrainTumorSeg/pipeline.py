@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,14 +43,10 @@ log = logging.getLogger("brain_tumor_seg")
 BOX_MARGIN = 16
 
 
-def default_box_margin(card: ModelCard) -> int | None:
-    """The brain box margin of ``card``'s network when its card names none: its class's ``default_box_margin``."""
-    return getattr(ARCHITECTURES.get(card.architecture), "default_box_margin", BOX_MARGIN)
-
-
-def box_changes_labels(card: ModelCard) -> bool:
-    """False for networks whose result inside the brain the brain box cannot change (``brain_box_exact``)."""
-    return not getattr(ARCHITECTURES.get(card.architecture), "brain_box_exact", False)
+def network_trait(card: ModelCard, name: str, default: Any) -> Any:
+    """A class attribute of ``card``'s network that says how inference treats it (``default_box_margin``: the brain box
+    margin when the card names none; ``brain_box_exact``: the box cannot change its result inside the brain)."""
+    return getattr(ARCHITECTURES.get(card.architecture), name, default)
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,8 @@ class InferenceOptions:
 def inference_settings(card: ModelCard, options: InferenceOptions | None = None) -> dict:
     """The card's inference block with ``options`` applied, checked; InputError naming the problem."""
     overrides = {k: v for k, v in asdict(options or InferenceOptions()).items() if v is not None}
-    defaults = {"axis": "axial", "overlap": 0.5, "flips": "none", "box_margin": default_box_margin(card)}
+    margin = network_trait(card, "default_box_margin", BOX_MARGIN)
+    defaults = {"axis": "axial", "overlap": 0.5, "flips": "none", "box_margin": margin}
     settings = {**defaults, **card.inference, **overrides}
     dims = int(card.inference.get("spatial_dims", 2))
     mode = settings.get("mode")
@@ -112,7 +110,7 @@ def settings_record(card: ModelCard, settings: dict) -> dict:
     values["overlap"] = float(values["overlap"]) if windowed else None
     # Recorded where it can change the labels (slice-wise modes, networks not exact on the box): an earlier volumes JSON
     # without it (whole brain crops) then matches every network that the box leaves as it was.
-    values["box_margin"] = values["box_margin"] if not windowed and box_changes_labels(card) else None
+    values["box_margin"] = values["box_margin"] if not windowed and not network_trait(card, "brain_box_exact", False) else None
     return {"model": card.id, **values}
 
 

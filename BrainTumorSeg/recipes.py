@@ -155,9 +155,7 @@ def _havaei(architecture: str, title: str, patch: int, batch: int, steps: int, p
     }
 
 
-def _slices(
-    model_id: str, architecture: str, name: str, description: str, config: dict[str, Any], recipe: Recipe, **inference: Any
-) -> dict:
+def _slices(model_id: str, architecture: str, name: str, description: str, config: dict[str, Any], recipe: Recipe) -> dict:
     return {
         "id": model_id,
         "name": name,
@@ -166,7 +164,7 @@ def _slices(
         "config": config,
         "inputs": _inputs(1),
         "outputs": copy.deepcopy(_REGIONS),
-        "inference": {"mode": "slices", "axis": "axial", "batch_size": 16, **inference},
+        "inference": {"mode": "slices", "axis": "axial", "batch_size": 16},
         "training": recipe.to_dict(),
     }
 
@@ -209,7 +207,6 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         " A CPU-sized backbone trained from scratch instead of the paper's ImageNet ResNet.",
         {"in_channels": 12, "out_channels": 3, "width": 32, "dropout": 0.1},
         Recipe(steps=2000, batch=16, crop=[160, 192], validate_every=400),
-        box_margin=None,  # its pyramid pools the whole input: a smaller box changes its context (the shipped card's note)
     ),
     "twopathcnn": _havaei("twopathcnn", "TwoPathCNN", 33, 128, 3000, 500),
     "inputcascadecnn": _havaei("inputcascadecnn", "InputCascadeCNN", 65, 64, 2000, 300),
