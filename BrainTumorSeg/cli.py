@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import select
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -444,12 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, ends_process: bool = False) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         from .train import main as train_main
 
-        return train_main(argv[1:])
+        return train_main(argv[1:], ends_process)
     if argv[:1] == ["validate"]:
         from .validation import main as validate_main
 
@@ -480,11 +479,8 @@ def console_main() -> None:
     argv = sys.argv[1:]
     keep_freed_memory()
     try:
-        code = main(argv)
+        code = main(argv, ends_process=True)
         if argv[:1] == ["train"]:
-            if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # stopped by a signal and saved: a repeat of it
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a launcher forwarding it) must not change the exit code
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise SystemExit(code)
         logging.shutdown()
         sys.stdout.flush()

@@ -519,7 +519,8 @@ def checkpoint_state(network: nn.Module, optimizer: Any, schedule: Any, scaler: 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, ends_process: bool = False) -> int:
+    """``brain-tumor-seg train``; ``ends_process``: the process exits after it (repeated stop signals stay ignored)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
@@ -528,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brain-tumor-seg train: error: {error}", file=sys.stderr)
         return 2
     context = distributed.start(resolve_device(args.device))
-    with GracefulStop() as stop:
+    with GracefulStop(ends_process) as stop:
         try:
             return train(args, card, recipe, context, argv, stop)
         except InputError as error:

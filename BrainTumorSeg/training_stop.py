@@ -3,8 +3,10 @@
 A signal that interrupted Python code anywhere could land between the optimizer's update and the step counter, in
 the middle of a validation or while a file is written. Instead the first SIGINT or SIGTERM during the training loop
 only asks the loop to stop: it finishes the step in hand (and its validation, if one is due), checkpoints it and
-ends. Further signals (torchrun forwards the one a cluster sends to the whole job) are ignored meanwhile. Before the
-loop (while cases load) a signal stops the run at once, as usual: there is nothing to save yet.
+ends. Further signals (torchrun forwards the one a cluster sends to the whole job) are ignored meanwhile, and, when
+the run ends its process (the command line), until the process exits: a repeat that arrives after the save must not
+turn the exit code 143 into a death by SIGTERM. Before the loop (while cases load) a signal stops the run at once, as
+usual: there is nothing to save yet.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from types import FrameType, TracebackType
 class GracefulStop:
     """A context manager (signal handlers can only be set in the main thread; elsewhere it does nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ends_process: bool = False) -> None:
+        self.ends_process = ends_process
         self.requested = False
         self.in_loop = False
         self.signum: int | None = None
@@ -31,7 +34,7 @@ class GracefulStop:
 
     def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if self.requested and self.ends_process else handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:

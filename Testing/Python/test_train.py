@@ -29,6 +29,7 @@ from BrainTumorSeg.resources import resources_dir
 from BrainTumorSeg.train import evaluate, training_spacing
 from BrainTumorSeg.training_data import BlockSampler, PatchSampler, SliceSampler, load_training_case
 from BrainTumorSeg.training_progress import TrainingProgress
+from BrainTumorSeg.training_stop import GracefulStop
 from BrainTumorSeg.validation import main as validate_main
 
 
@@ -137,6 +138,25 @@ def test_sigterm_twice_still_checkpoints_the_step_in_hand(data, tmp_path):
     assert stderr.strip().splitlines()[-1] == "brain-tumor-seg train: interrupted"
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 2 <= saved == steps_logged(out)[-1]  # the last step logged is the one saved
+
+
+@pytest.mark.parametrize("ends_process", [True, False])
+def test_a_stopped_run_ignores_repeats_until_its_process_exits(ends_process):
+    """The repeat of a stop signal can land after the save (CI saw a tiny run saved within the 20 ms between two
+    SIGTERMs, then killed by the second): a run that ends its process leaves the signals ignored, with no moment in
+    between when the default handler is back; a run inside a longer-lived process gives them back as they were."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with GracefulStop(ends_process) as stop:
+            stop.in_loop = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored while the step in hand finishes
+            assert stop.requested and stop.exit_code == 143
+        for signum, handler in previous.items():
+            assert signal.getsignal(signum) == (signal.SIG_IGN if ends_process else handler)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def test_fp16_training_scales_the_loss_so_small_gradients_do_not_vanish():
