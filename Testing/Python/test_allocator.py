@@ -20,7 +20,7 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-def report(argv=None):
+def report(argv=None, ends_process=False):
     array = np.ones(64 * 2**20 // 8)  # 64 MB, above glibc's largest mmap threshold (32 MB)
     info = libc.mallinfo2()
     print(info.hblkhd // 2**20, info.arena // 2**20)  # MB in mmapped blocks, MB in the heap

@@ -57,7 +57,7 @@ def test_a_broken_pipe_other_than_stdout_is_an_error_with_its_traceback():
     probe = (
         "import sys\n"
         "from BrainTumorSeg import cli\n"
-        "def main(argv):\n"
+        "def main(argv, ends_process=False):\n"
         "    raise BrokenPipeError(32, 'Broken pipe', 'some socket')\n"
         "cli.main = main\n"
         "sys.argv = ['brain-tumor-seg', 'models']\n"
