@@ -28,8 +28,9 @@ def _no_model_env(monkeypatch):
 
 
 def shipped_ensemble() -> ModelCard:
-    """The shipped ensemble card with the fewest members."""
-    return min((c for c in available_models().values() if c.is_ensemble), key=lambda c: len(c.members))
+    """The shipped ensemble card with the fewest members, the default model first among equals (the others with two
+    members run the 3D SegResNet, four times slower)."""
+    return min((c for c in available_models().values() if c.is_ensemble), key=lambda c: (len(c.members), not c.default))
 
 
 def clean_up_flags(card: ModelCard) -> list[str]:

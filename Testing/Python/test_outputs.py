@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from BrainTumorSeg.case import resolve_inputs
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.export import STAGING_PREFIX, volumes_ml, write_outputs
 from BrainTumorSeg.labels import SEGMENTS, from_convention
@@ -101,11 +102,14 @@ def test_sample_is_a_validation_case_of_the_default_model(sample_dir, default_ca
         assert sample_dir.name not in split["train"]
 
 
-def test_bf16_changes_fewer_than_0_1_percent_of_labels(sample_case, sample_labels, default_card):
-    """bf16 autocast (used on CPUs with native bf16) against fp32 on the whole sample case."""
-    bf16 = segment_case(sample_case, default_card, device="cpu", precision="bf16")
-    changed = np.count_nonzero(bf16 != sample_labels) / sample_labels.size
-    assert changed < 0.001, changed
+def test_bf16_changes_fewer_than_1_percent_of_the_tumor(cropped_sample, default_card):
+    """bf16 autocast (used on CPUs with native bf16) against fp32, on the sample cropped around its tumor (a CPU
+    without native bf16 emulates it, ten times slower than fp32). Measured: 146 voxels of 89 000 tumor voxels."""
+    case = resolve_inputs(cropped_sample)
+    fp32 = segment_case(case, default_card, device="cpu", precision="fp32")
+    bf16 = segment_case(case, default_card, device="cpu", precision="bf16")
+    changed = np.count_nonzero(bf16 != fp32) / np.count_nonzero((bf16 > 0) | (fp32 > 0))
+    assert changed < 0.01, changed
 
 
 def test_cli_sample_run_prints_outputs_volumes_and_dice(tmp_path, capsys, monkeypatch):
