@@ -97,3 +97,9 @@ def crop_case():
 def cropped_sample(tmp_path_factory, sample_dir: Path) -> Path:
     """The sample case cropped to :data:`CROP` (its folder keeps the case's name)."""
     return _crop_case(sample_dir, tmp_path_factory.mktemp("cropped") / sample_dir.name)
+
+
+@pytest.fixture(scope="session")
+def cropped_labels(cropped_sample: Path, default_card: ModelCard) -> np.ndarray:
+    """Default model's fp32 labels of :func:`cropped_sample` as stored, cleaned up as its card says."""
+    return segment_case(resolve_inputs(cropped_sample), default_card, device="cpu", precision="fp32")

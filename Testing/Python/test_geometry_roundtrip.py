@@ -1,6 +1,6 @@
 """Output label maps land on the input's exact grid, whatever the input's orientation.
 
-Three versions of the real sample case: as stored (LPS), the same voxels re-stored
+Three versions of the real sample case (cropped around its tumor): as stored (LPS), the same voxels re-stored
 in RAS order, and the stored voxels under an oblique direction matrix. The network
 sees the same canonical array in all three, so the label maps must map back onto
 each other voxel for voxel.
@@ -59,22 +59,23 @@ def write_case(folder: Path, sample_dir: Path, transform, extension: str = ".nii
     return folder
 
 
-def test_stored_lps_output_has_the_reference_grid(tmp_path, sample_dir, sample_labels, capsys):
+def test_stored_lps_output_has_the_reference_grid(tmp_path, cropped_sample, cropped_labels, capsys):
+    """The sample cropped around its tumor: a real volume whose origin is not the scanner's corner."""
     out = tmp_path / "out"
-    assert main(["segment", "--input", str(sample_dir), "--out", str(out), "--precision", "fp32"]) == 0
-    reference = sitk.ReadImage(str(next(sample_dir.glob("*_t1ce.nii.gz"))))
-    written = sitk.ReadImage(str(out / f"{sample_dir.name}_seg.nii.gz"))
+    assert main(["segment", "--input", str(cropped_sample), "--out", str(out), "--precision", "fp32"]) == 0
+    reference = sitk.ReadImage(str(next(cropped_sample.glob("*_t1ce.nii.gz"))))
+    written = sitk.ReadImage(str(out / f"{cropped_sample.name}_seg.nii.gz"))
     assert_same_grid(written, reference)
     labels = sitk.GetArrayFromImage(written)
-    assert set(np.unique(labels)) <= {0, 1, 2, 4}
-    np.testing.assert_array_equal(labels, np.array([0, 1, 2, 4], np.uint8)[sample_labels])
+    assert set(np.unique(labels)) == {0, 1, 2, 4}
+    np.testing.assert_array_equal(labels, np.array([0, 1, 2, 4], np.uint8)[cropped_labels])
 
 
 @pytest.mark.parametrize("kind, extension", [("ras", ".nii.gz"), ("oblique", ".nrrd")])
-def test_reoriented_copies_map_back_voxel_for_voxel(tmp_path, sample_dir, sample_labels, kind, extension):
+def test_reoriented_copies_map_back_voxel_for_voxel(tmp_path, cropped_sample, cropped_labels, kind, extension):
     """Through the command: both written label files are on the copy's grid and hold the stored case's labels."""
     transform = ras_copy if kind == "ras" else oblique_copy
-    folder = write_case(tmp_path / kind, sample_dir, transform, extension)
+    folder = write_case(tmp_path / kind, cropped_sample, transform, extension)
     case = resolve_inputs(folder)
     assert case.resampled == []  # one grid for all four: nothing is resampled
     stored = sitk.ReadImage(str(folder / f"copy_t1ce{extension}"))
@@ -87,8 +88,8 @@ def test_reoriented_copies_map_back_voxel_for_voxel(tmp_path, sample_dir, sample
         values = sitk.GetArrayFromImage(written)
         labels = np.searchsorted([0, 1, 2, 4], values) if name.endswith(".nii.gz") else values  # .seg.nrrd: internal
         back = labels[:, ::-1, ::-1] if kind == "ras" else labels
-        np.testing.assert_array_equal(back, sample_labels)
-    assert sample_labels.any()
+        np.testing.assert_array_equal(back, cropped_labels)
+    assert cropped_labels.any()
 
 
 def test_reorientation_is_a_permutation_even_at_45_degrees(sample_dir):
