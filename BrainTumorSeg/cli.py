@@ -126,7 +126,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 on CPUs with native bf16, else fp32; GPUs: bf16 or fp16",
+        help="auto: bf16 on CPUs with native bf16, else fp32; GPUs: bf16 or fp16 (a CPU without native bf16 emulates it: slow)",
     )
 
 
@@ -170,6 +170,11 @@ def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[
     for flag, value in (("--window", args.window), ("--overlap", args.overlap)):
         if value is not None and "window" not in modes:
             raise InputError(flag, "applies to window mode only, and no model here runs in it (add --mode window)")
+    from .device import emulated_precision_warning, resolve_device
+
+    warning = emulated_precision_warning(resolve_device(args.device), args.precision)
+    if warning:
+        log.warning(warning)
     return RunOptions(args.device, args.precision, inference, clean_up, args.probabilities)
 
 

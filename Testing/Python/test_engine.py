@@ -297,6 +297,22 @@ def test_cpu_fallback_when_the_gpu_runs_out_of_memory(caplog):
         with_cpu_fallback(lambda d: (_ for _ in ()).throw(RuntimeError("illegal memory access")), torch.device("cuda"))
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_half_precision_on_a_cpu_without_it_is_run_with_a_warning(
+    monkeypatch, cropped_sample, tiny_models_dir, tmp_path, caplog, native
+):
+    """PyTorch emulates bf16 on a CPU without AVX-512 BF16 or AMX: nine times slower than fp32 here, worth a word."""
+    from BrainTumorSeg import device
+    from BrainTumorSeg.cli import main
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    arguments = ["segment", "--input", str(cropped_sample), "--out", str(tmp_path), "--models-dir", str(tiny_models_dir)]
+    with caplog.at_level("WARNING"):
+        assert main([*arguments, "--device", "cpu", "--precision", "bf16"]) == 0
+    warned = "--precision bf16: this CPU has no native bf16, so PyTorch emulates it, several times slower than fp32"
+    assert (warned in caplog.text) is not native, caplog.text
+
+
 def test_ensemble_members_after_a_gpu_ran_out_of_memory_stay_on_the_cpu(monkeypatch, small_case, unet_card, unet_network, caplog):
     """Once one member fell back to the CPU, the next members do not try the GPU again (one warning, not one each)."""
     devices: list[str] = []

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((resources_dir() / "Models").glob("*.json"))
 SPLIT = json.loads((ROOT / "training" / "split.json").read_text())
 SLAB = 12  # axial slices through the sample's tumor: enough for every 2D model's context
-DENSE_SLAB = 4  # for Havaei's patch classifiers (each axial slice on its own; 3-8 s a slice here in fp32)
+DENSE_SLAB = 2  # for Havaei's patch classifiers (each axial slice on its own; 3-8 s a slice here in fp32)
 THICK_SLAB = 48  # for networks that see the slab's thickness: on coronal or sagittal slices (their height), or 3D
 
 
