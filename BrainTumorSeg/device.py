@@ -13,29 +13,25 @@ from .errors import InputError
 
 
 @lru_cache(maxsize=1)
+def cpu_has_native(kind: str) -> bool:
+    """True when the CPU computes ``kind`` (bf16, fp16) natively (flags avx512_<kind> or amx_<kind> in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return f"avx512_{kind}" in flags or f"amx_{kind}" in flags
+
+
 def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (flags avx512_bf16 or amx_bf16 in /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_has_fp16() -> bool:
-    """True when the CPU computes fp16 natively (flags avx512_fp16 or amx_fp16 in /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_fp16" in flags or "amx_fp16" in flags
+    """True when the CPU computes bf16 natively."""
+    return cpu_has_native("bf16")
 
 
 def emulated_precision_warning(device: torch.device, precision: str) -> str | None:
     """A warning when ``precision`` asks the CPU for a half precision it has no instructions for, else None."""
     if device.type != "cpu" or precision not in ("bf16", "fp16"):
         return None
-    if cpu_has_bf16() if precision == "bf16" else cpu_has_fp16():
+    if cpu_has_bf16() if precision == "bf16" else cpu_has_native("fp16"):
         return None
     return (
         f"--precision {precision}: this CPU has no native {precision}, so PyTorch emulates it, several times slower "
