@@ -118,7 +118,7 @@ def tumor_block(tmp_path_factory, sample_dir: Path) -> Path:
 
 def test_bf16_changes_fewer_than_1_percent_of_the_tumor(tumor_block, default_card):
     """bf16 autocast (used on CPUs with native bf16) against fp32, on the sample cut around its tumor (a CPU
-    without native bf16 emulates it, ten times slower than fp32). Measured: 190 of 75 570 voxels change."""
+    without native bf16 emulates it, nine times slower than fp32). Measured: 190 of 75 570 voxels change."""
     case = resolve_inputs(tumor_block)
     fp32 = segment_case(case, default_card, device="cpu", precision="fp32")
     bf16 = segment_case(case, default_card, device="cpu", precision="bf16")
