@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +54,25 @@ def unet_network(unet_card: ModelCard):
 
 
 @pytest.fixture(scope="session")
-def sample_labels(sample_case: Case, default_card: ModelCard) -> np.ndarray:
-    """Default model's fp32 labels of the sample as stored (LPS), cleaned up as its card says (as the CLI does)."""
-    return segment_case(sample_case, default_card, device="cpu", precision="fp32")
+def sample_run(tmp_path_factory) -> tuple[Path, str]:
+    """``segment --sample`` (CPU, fp32) run once in a new working folder, which its default, relative ``--out`` is in:
+    that folder and what the run printed."""
+    from BrainTumorSeg.cli import main
+
+    folder = tmp_path_factory.mktemp("sample-run")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.chdir(folder)
+        assert main(["segment", "--sample", "--device", "cpu", "--precision", "fp32"]) == 0
+    return folder, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_labels(sample_run: tuple[Path, str], sample_dir: Path) -> np.ndarray:
+    """Default model's fp32 labels of the sample (internal labels, indexed like the T1ce array), cleaned up as its card
+    says: the label map :func:`sample_run` stored."""
+    path = sample_run[0] / "brain-tumor-seg-output" / f"{sample_dir.name}_seg.nii.gz"
+    return from_convention(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), "brats2017")
 
 
 TINY_MODEL_ID = "tiny-test"
@@ -103,3 +121,14 @@ def cropped_sample(tmp_path_factory, sample_dir: Path) -> Path:
 def cropped_labels(cropped_sample: Path, default_card: ModelCard) -> np.ndarray:
     """Default model's fp32 labels of :func:`cropped_sample` as stored, cleaned up as its card says."""
     return segment_case(resolve_inputs(cropped_sample), default_card, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def tumor_block(tmp_path_factory, sample_dir: Path) -> Path:
+    """The sample case cut to its tumor's bounding box plus 8 voxels on each side (66 x 97 x 83 voxels)."""
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(next(sample_dir.glob("*_seg.nii.gz"))))).transpose()  # (i, j, k)
+    box = []
+    for axis in range(3):
+        extent = np.flatnonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(extent[0]) - 8, 0), int(extent[-1]) + 9))
+    return copy_cropped(sample_dir, tmp_path_factory.mktemp("tumor-block") / sample_dir.name, tuple(box))

@@ -33,9 +33,15 @@ def sample_block(sample_case):
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_folded_network_gives_the_same_probabilities(model_id, sample_block):
     card = available_models()[model_id]
-    # 96 x 112 x 4 for the networks on whole slices; 48 x 48 x 2 for Havaei's patch classifiers (each pixel is a
-    # patch's output: about 1 s per 10 000 pixels here)
-    block = sample_block(48, 48, 2) if card.inference["mode"] == "dense" else sample_block(96, 112, 4)
+    # 96 x 112 x 4 for the networks on whole slices; one window in-plane for sliding-window networks (a 3D one pads
+    # the block to its window, which costs the same at any thickness); 48 x 48 x 2 for Havaei's patch classifiers
+    # (each pixel is a patch's output: about 1 s per 10 000 pixels here)
+    if card.inference["mode"] == "dense":
+        block = sample_block(48, 48, 2)
+    elif card.inference["mode"] == "window":
+        block = sample_block(*card.inference["window"][:2], 4)
+    else:
+        block = sample_block(96, 112, 4)
     plain = load_weights(card.build(), card.weights_path, card.id)
     batch_norms = sum(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) for m in plain.modules())
     folded = card.load()

@@ -50,17 +50,17 @@ def segment(folder: Path, out: Path, *flags: str) -> tuple[np.ndarray, dict]:
     return labels, json.loads((out / f"{folder.name}_volumes.json").read_text())
 
 
-def test_an_ensemble_card_equals_its_members_named_together_with_its_clean_up(cropped_sample, tmp_path, capsys):
+def test_an_ensemble_card_equals_its_members_named_together_with_its_clean_up(tumor_block, tmp_path, capsys):
     card = shipped_ensemble()
     assert card.postprocess  # its own clean-up, chosen by `validate --choose-postprocess`
     members = [m.id for m in member_cards(card)]
-    labels, info = segment(cropped_sample, tmp_path / "ensemble", "--model", card.id)
-    named, named_info = segment(cropped_sample, tmp_path / "named", "--model", ",".join(members), *clean_up_flags(card))
+    labels, info = segment(tumor_block, tmp_path / "ensemble", "--model", card.id)
+    named, named_info = segment(tumor_block, tmp_path / "named", "--model", ",".join(members), *clean_up_flags(card))
     np.testing.assert_array_equal(labels, named)
     assert info["model"] == card.id and named_info["model"] == "+".join(members)
     assert info["models"] == named_info["models"] == members
     assert info["postprocess"] == named_info["postprocess"]
-    first, _ = segment(cropped_sample, tmp_path / "first", "--model", members[0], *clean_up_flags(card))
+    first, _ = segment(tumor_block, tmp_path / "first", "--model", members[0], *clean_up_flags(card))
     assert np.count_nonzero(first != labels) > 100  # the other members change the result: they really run
     assert f"with model {card.id} in" in capsys.readouterr().out
 

@@ -86,7 +86,6 @@ def test_dice_and_hd95_match_monai(cases):
         assert dice(pred, true) == pytest.approx(float(compute_dice(y_pred, y, include_background=True)), abs=1e-6), name
         for spacing in ((1.0, 1.0, 1.0), (2.0, 1.2, 0.9)):  # the real one, and an anisotropic one
             theirs = float(compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=list(spacing)))
-            assert hd95(pred, true, spacing) == pytest.approx(theirs, abs=0.5), (name, spacing)
             assert hd95(pred, true, spacing) == pytest.approx(theirs, abs=1e-3), (name, spacing)  # in fact float32-equal
         compared += 1
     assert compared >= 24

@@ -3,6 +3,7 @@ real segmentation of the sample case's tumor that agrees with its ground truth."
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from BrainTumorSeg import pipeline
 from BrainTumorSeg.case import read_image, resolve_inputs
 from BrainTumorSeg.labels import from_convention
 from BrainTumorSeg.metrics import region_dice
@@ -83,8 +85,28 @@ def sees_slab_thickness(inference: dict) -> bool:
     return inference["mode"] == "slices" and inference.get("axis", "axial") != "axial"
 
 
+@pytest.fixture(scope="module")
+def each_network_once():
+    """Each network's probabilities computed once per input and settings in this module: the ensembles share members
+    (the 3D SegResNet is in three cards, the coronal U-Net in four), and a member's result does not depend on the
+    card that names it (each card still loads its networks' weights strictly)."""
+    computed: dict[tuple, tuple[np.ndarray, object]] = {}
+    predict_member = pipeline.predict_member
+
+    def once(member, settings, volume, device, precision, progress):
+        key = (member.card.id, repr(sorted(settings.items())), volume.shape, hashlib.sha1(volume.tobytes()).hexdigest())
+        if key not in computed:
+            computed[key] = predict_member(member, settings, volume, device, precision, progress)
+        probabilities, used = computed[key]
+        return probabilities.copy(), used
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "predict_member", once)
+        yield
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_model_segments_the_sample_tumor(path: Path, tumor_slab):
+def test_shipped_model_segments_the_sample_tumor(path: Path, tumor_slab, each_network_once):
     card = ModelCard.read(path)
     folder, truth = tumor_slab(slab_slices(card))
     assert folder.name in SPLIT["validation"]  # the sample was never trained on

@@ -53,9 +53,10 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(sample_dir, tmp_path_factory):
+def finished_run(tumor_block, tmp_path_factory):
+    """The module's run of the sample cut around its tumor."""
     out = tmp_path_factory.mktemp("slicer-run") / "output"
-    process = CliProcess(segment_arguments(sample_inputs(sample_dir), out, SegmentChoices(device=Device.CPU))).start()
+    process = CliProcess(segment_arguments(sample_inputs(tumor_block), out, SegmentChoices(device=Device.CPU))).start()
     events, longest_poll = poll_until(process, lambda events: False)
     process.wait(30)
     return process, events, longest_poll, out
@@ -187,12 +188,12 @@ def test_the_child_finds_the_package_through_pythonpath():
     assert (Path(env["PYTHONPATH"].split(os.pathsep)[0]) / "BrainTumorSeg" / "cli.py").is_file()
 
 
-def test_inputs_as_the_module_writes_them(cropped_sample, tmp_path):
+def test_inputs_as_the_module_writes_them(tumor_block, tmp_path):
     """The module exports the volumes as ``case_<modality>.nrrd``; the result is ``case.seg.nrrd`` on the T1ce grid."""
     import SimpleITK as sitk
 
     files = {}
-    for modality, path in sample_inputs(cropped_sample).items():
+    for modality, path in sample_inputs(tumor_block).items():
         files[modality] = tmp_path / f"case_{modality}.nrrd"
         sitk.WriteImage(sitk.ReadImage(str(path)), str(files[modality]))
     process = CliProcess(segment_arguments(files, tmp_path / "output", SegmentChoices(device=Device.CPU))).start()
