@@ -160,8 +160,12 @@ def write_probabilities(path: Path, classes: np.ndarray, reference: sitk.Image, 
     from .probabilities import normalized_entropy
 
     values = normalized_entropy(classes)[None] if uncertainty else classes
-    data = np.round(np.clip(values, 0, 1) * PROBABILITY_SCALE).astype(np.int16)
-    data = np.ascontiguousarray(data.transpose(3, 2, 1, 0)[..., 0] if uncertainty else data.transpose(3, 2, 1, 0))
+    data = np.empty((*values.shape[:0:-1], len(values)), np.int16, order="F")  # (i, j, k, volume), as NIfTI stores it
+    for index, volume in enumerate(values):  # one volume at a time: no float copy of all four on fine grids
+        scaled = np.clip(volume, 0, 1, dtype=np.float32)
+        scaled *= PROBABILITY_SCALE
+        data[..., index] = np.rint(scaled, out=scaled).T
+    data = data[..., 0] if uncertainty else data
     affine = nifti_affine(reference)
     image = nib.Nifti1Image(data, affine)
     image.set_qform(affine, code=1)  # scanner coordinates, as ITK writes the label map

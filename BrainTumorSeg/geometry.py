@@ -82,10 +82,14 @@ class Reorientation:
 
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
         """SimpleITK-ordered array (last three axes ``[k, j, i]``) -> canonical RAS array (last three ``[x, y, z]``)."""
+        return np.ascontiguousarray(self.canonical_view(array))
+
+    def canonical_view(self, array: np.ndarray) -> np.ndarray:
+        """:meth:`to_canonical` as a view, no copy: writing into it writes into ``array``."""
         lead = array.ndim - 3
         out = np.transpose(array, (*range(lead), *(lead + a for a in self.source_axis)))
         flips = tuple(lead + c for c in range(3) if self.flip[c])
-        return np.ascontiguousarray(np.flip(out, flips) if flips else out)
+        return np.flip(out, flips) if flips else out
 
     def box_to_canonical(
         self, box: tuple[tuple[int, int], ...], shape: tuple[int, ...]

@@ -294,11 +294,12 @@ def segment(
     classes = None
     if options.probabilities:
         cropped = as_classes(mean, decision)  # the models' mean before clean-up; certain background outside the brain
+        del mean
         cropped[:, ~mask] = 0
         cropped[0, ~mask] = 1
-        full = crop.paste(cropped)
-        full[0][~crop.paste(np.ones(mask.shape, bool))] = 1
-        classes = orientation.from_canonical(full)
+        classes = np.zeros((len(cropped), *case.data.shape[1:]), np.float32)  # on the case's grid, filled in place
+        classes[0] = 1
+        orientation.canonical_view(classes)[(slice(None), *crop.slices)] = cropped
     control.report("postprocess", 1, 1, "labels and clean-up")
     precision = precision_name(autocast_dtype(torch_device, options.precision))
     record = [settings_record(card, setting) for card, setting in zip(cards, settings, strict=True)]

@@ -17,15 +17,20 @@ CLASS_CHANNELS = ("background", "necrotic_core", "edema", "enhancing")  # intern
 
 def _regions_of(probabilities: np.ndarray, channels: list[str] | tuple[str, ...]) -> np.ndarray:
     order = [list(channels).index(name) for name in REGION_CHANNELS]
-    return probabilities[order]
+    return probabilities if order == list(range(len(probabilities))) else probabilities[order]  # no copy when in order
 
 
 def regions_to_classes(regions: np.ndarray) -> np.ndarray:
     """``(3, ...)`` WT/TC/ET probabilities -> ``(4, ...)`` class probabilities summing to 1 (regions made nested first)."""
-    et = np.clip(regions[2], 0, 1)
-    tc = np.maximum(np.clip(regions[1], 0, 1), et)
-    wt = np.maximum(np.clip(regions[0], 0, 1), tc)
-    return np.stack([1 - wt, tc - et, wt - tc, et]).astype(np.float32)
+    classes = np.empty((4, *regions.shape[1:]), np.float32)  # filled in place: no temporaries of a whole channel
+    background, core, edema, enhancing = classes
+    np.clip(regions[2], 0, 1, out=enhancing)
+    np.maximum(np.clip(regions[1], 0, 1, out=core), enhancing, out=core)  # TC for now
+    np.maximum(np.clip(regions[0], 0, 1, out=edema), core, out=edema)  # WT for now
+    np.subtract(1, edema, out=background)  # 1 - WT
+    edema -= core  # WT - TC
+    core -= enhancing  # TC - ET
+    return classes
 
 
 def classes_to_regions(classes: np.ndarray, labels: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
@@ -84,5 +89,9 @@ def _mean(arrays: list[np.ndarray]) -> np.ndarray:
 
 def normalized_entropy(classes: np.ndarray) -> np.ndarray:
     """Per-voxel entropy of class probabilities divided by its maximum, log(K): 0 certain, 1 uniform."""
-    p = np.clip(classes, 1e-7, 1.0)
-    return (-(p * np.log(p)).sum(axis=0) / np.log(classes.shape[0])).astype(np.float32)
+    entropy = np.zeros(classes.shape[1:], np.float32)
+    for channel in classes:  # one class at a time: no temporaries the size of all of them
+        p = np.clip(channel, 1e-7, 1.0, dtype=np.float32)
+        entropy -= p * np.log(p)
+    entropy /= np.float32(np.log(classes.shape[0]))
+    return entropy

@@ -80,6 +80,35 @@ def time_cli(model: str | None, out: Path) -> CliRun:
     return CliRun(whole, usage.ru_maxrss / 1024**2, json.loads(lines[-1])["dice"])
 
 
+def peak_rss_gb(arguments: list[str]) -> float:
+    """Peak RSS (GB) of one new ``brain-tumor-seg`` process run with ``arguments``."""
+    command = [sys.executable, "-m", "BrainTumorSeg.cli", *arguments]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"brain-tumor-seg {' '.join(arguments)} exited with {os.waitstatus_to_exitcode(status)}")
+    return usage.ru_maxrss / 1024**2
+
+
+def fine_grid_sample(folder: Path, spacing: tuple[float, float, float] = (0.5, 0.5, 1.0)) -> Path:
+    """The sample's four sequences resampled (linearly) to ``spacing`` mm, the in-plane resolution of many clinical
+    scans: 480 x 480 x 155 voxels, four times the full-size case."""
+    import SimpleITK as sitk
+
+    case = folder / "fine-grid"
+    case.mkdir()
+    for path in sample_case_dir().glob("*.nii.gz"):
+        if path.name.endswith("_seg.nii.gz"):
+            continue
+        image = sitk.ReadImage(str(path))
+        size = [round(n * old / new) for n, old, new in zip(image.GetSize(), image.GetSpacing(), spacing, strict=True)]
+        resampled = sitk.Resample(
+            image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing, image.GetDirection(), 0.0
+        )
+        sitk.WriteImage(resampled, str(case / path.name))
+    return case
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else what ``platform`` knows."""
     try:
@@ -250,6 +279,11 @@ def main() -> None:
         f"/ forward: {per_case / net:.2f}"
     )
     print(f"peak RSS of a CLI run:               {max(run.peak_gb for run in runs):7.2f} GB (target <= 3 GB)")
+    with tempfile.TemporaryDirectory() as tmp:
+        case = fine_grid_sample(Path(tmp))
+        arguments = ["segment", "--input", str(case), "--out", str(Path(tmp) / "out"), "--probabilities"]
+        fine = peak_rss_gb(arguments + (["--model", args.model] if args.model else []))
+    print(f"peak RSS with --probabilities, the sample at 0.5 x 0.5 x 1 mm (480 x 480 x 155): {fine:.2f} GB")
     dense, patches, same, labels = twopath_dense_vs_patches(volume, truth)
     print(
         f"TwoPathCNN (shipped weights) 96x96 region around the tumor: dense {dense:.3f} s, patch by patch {patches:.2f} s, "

@@ -255,7 +255,10 @@ def test_probabilities_and_uncertainty_are_written_on_the_reference_grid(small_c
     np.testing.assert_allclose(values.sum(axis=0), 1, atol=4 * 3.1e-5)
     enhancing = result.labels == 3
     assert enhancing.any() and (values[3][enhancing] > 0.5).all()  # ET is decided by its own probability
+    np.testing.assert_allclose(values, result.probabilities, rtol=0, atol=0.5 / 32767 + 1e-6)  # 16-bit steps, no more
     entropy = np.asarray(uncertainty.dataobj).transpose(2, 1, 0)
+    p = np.clip(result.probabilities.astype(np.float64), 1e-7, 1)
+    np.testing.assert_allclose(entropy, -(p * np.log(p)).sum(axis=0) / np.log(4), rtol=0, atol=0.5 / 32767 + 1e-6)
     assert entropy[result.labels == 0].mean() < entropy[result.labels > 0].mean()
     info = json.loads(paths["volumes"].read_text())
     assert info["outputs"]["probabilities"] == str(paths["probabilities"])

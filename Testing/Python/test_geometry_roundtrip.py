@@ -208,15 +208,26 @@ def test_every_stored_voxel_type_reads_as_its_float32_values(tmp_path, sample_di
     assert np.corrcoef(sample_case.data[t2][brain], case.data[t2][brain])[0, 1] > 0.9
 
 
-@pytest.mark.parametrize(
-    "orientation",
-    [
-        Reorientation((2, 1, 0), (True, True, False)),  # the sample's own (LPS-stored)
-        Reorientation((2, 1, 0), (False, False, False)),
-        Reorientation((0, 2, 1), (True, False, True)),
-        Reorientation((1, 0, 2), (False, True, True)),
-    ],
-)
+ORIENTATIONS = [
+    Reorientation((2, 1, 0), (True, True, False)),  # the sample's own (LPS-stored)
+    Reorientation((2, 1, 0), (False, False, False)),
+    Reorientation((0, 2, 1), (True, False, True)),
+    Reorientation((1, 0, 2), (False, True, True)),
+]
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
+def test_writing_into_the_canonical_view_puts_values_where_from_canonical_does(orientation):
+    """How the probabilities reach the case's grid without a full-size copy (pipeline.segment)."""
+    array = np.zeros((2, 3, 4, 5), np.float32)  # a channel axis, then SimpleITK's (k, j, i)
+    view = orientation.canonical_view(array)
+    np.testing.assert_array_equal(view, orientation.to_canonical(array))
+    canonical = np.arange(view.size, dtype=np.float32).reshape(view.shape)
+    view[...] = canonical
+    np.testing.assert_array_equal(array, orientation.from_canonical(canonical))
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS)
 def test_cropping_before_reorienting_prepares_the_same_network_input(sample_case, orientation):
     whole_volume_first = prepare(orientation.to_canonical(sample_case.data))
     box_first = prepare_oriented(sample_case.data, orientation)
