@@ -214,3 +214,17 @@ def test_a_deferred_fp16_check_refuses_a_pass_that_cannot_settle_it(deferred_car
     assert main([*arguments, *options, "--write"]) == 2
     assert capsys.readouterr().err == f"brain-tumor-seg validate: error: {path}: {problem}\n"
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_it_is_validated_with_a_warning(deferred_card, monkeypatch, caplog, capsys, native):
+    """As `segment` warns: emulated bf16 takes several times the fp32 time, and a validation pass is long."""
+    from BrainTumorSeg import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    path, arguments, _ = deferred_card
+    with caplog.at_level("WARNING"):
+        assert main([*arguments, "--precision", "bf16", "--write"]) == 2  # refused (the deferred check), after the warning
+    warned = "--precision bf16: this CPU has no native bf16, so PyTorch emulates it, several times slower than fp32"
+    assert (warned in caplog.text) is not native, caplog.text
+    assert capsys.readouterr().err.startswith(f"brain-tumor-seg validate: error: {path}: ")
