@@ -117,7 +117,9 @@ def test_the_brain_box_keeps_a_patch_classifiers_dense_result_and_is_background_
     from BrainTumorSeg.models.card import get_model
 
     network = get_model("twopathcnn-axial").load()
-    top = np.ascontiguousarray(top_of_brain[..., -4:])  # two batches of two slices (each pixel is a 33x33 patch's output)
+    # two batches of two slices, each with brain (1995 + 1417 and 828 + 361 pixels of 132 x 166; the top two have none);
+    # every pixel is a 33x33 patch's output, so four slices, not eight
+    top = np.ascontiguousarray(top_of_brain[..., -8:-4])
     whole = predict_slices(network, top, "axial", output_type="classes", batch_size=2)
     boxed = predict_slices(network, top, "axial", output_type="classes", batch_size=2, box_margin=0)
     brain = (top != 0).any(axis=0)
@@ -127,6 +129,7 @@ def test_the_brain_box_keeps_a_patch_classifiers_dense_result_and_is_background_
     for start in (0, 2):  # each batch's box
         rows, cols = brain_box(occupied[start : start + 2], 0)
         outside[rows, cols, start : start + 2] = False
+    assert all(brain[..., start : start + 2].any() for start in (0, 2))
     assert outside.any() and (boxed[0][outside] == 1).all() and (boxed[1:][:, outside] == 0).all()
 
 

@@ -88,13 +88,15 @@ def sees_slab_thickness(inference: dict) -> bool:
 @pytest.fixture(scope="module")
 def each_network_once():
     """Each network's probabilities computed once per input and settings in this module: the ensembles share members
-    (the 3D SegResNet is in three cards, the coronal U-Net in four), and a member's result does not depend on the
-    card that names it (each card still loads its networks' weights strictly)."""
+    (the 3D SegResNet is in three cards, its own among them; the coronal U-Net in five), and a member's result does not
+    depend on the card that names it. Each card still loads its networks' weights strictly, but an ensemble whose members
+    all ran before only averages their results."""
     computed: dict[tuple, tuple[np.ndarray, object]] = {}
     predict_member = pipeline.predict_member
 
     def once(member, settings, volume, device, precision, progress):
-        key = (member.card.id, repr(sorted(settings.items())), volume.shape, hashlib.sha1(volume.tobytes()).hexdigest())
+        digest = hashlib.sha1(volume.tobytes()).hexdigest()
+        key = (member.card.id, repr(sorted(settings.items())), str(device), precision, volume.shape, digest)
         if key not in computed:
             computed[key] = predict_member(member, settings, volume, device, precision, progress)
         probabilities, used = computed[key]

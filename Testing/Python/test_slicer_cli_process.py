@@ -1,7 +1,8 @@
 """The process runner the Slicer module uses drives the real CLI: progress, results, errors, and cancel.
 
-These run ``python -m BrainTumorSeg.cli segment ... --progress json`` on the bundled sample case in a
-child process exactly as the module does (minus Slicer), polling like the module's QTimer.
+These run ``python -m BrainTumorSeg.cli segment ... --progress json`` on the bundled sample case (cancel, bad input) or
+on it cut around its tumor (a whole run) in a child process exactly as the module does (minus Slicer), polling like the
+module's QTimer.
 """
 
 from __future__ import annotations
