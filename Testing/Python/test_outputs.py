@@ -13,8 +13,9 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from train_support import copy_cropped
 
-from BrainTumorSeg.case import resolve_inputs
+from BrainTumorSeg.case import read_image, resolve_inputs
 from BrainTumorSeg.cli import main
 from BrainTumorSeg.export import STAGING_PREFIX, volumes_ml, write_outputs
 from BrainTumorSeg.labels import SEGMENTS, from_convention
@@ -104,10 +105,13 @@ def test_sample_is_a_validation_case_of_the_default_model(sample_dir, default_ca
         assert sample_dir.name not in split["train"]
 
 
-def test_bf16_changes_fewer_than_1_percent_of_the_tumor(tumor_block, default_card):
-    """bf16 autocast (used on CPUs with native bf16) against fp32, on the sample cut around its tumor (a CPU
-    without native bf16 emulates it, nine times slower than fp32). Measured: 190 of 75 570 voxels change."""
-    case = resolve_inputs(tumor_block)
+def test_bf16_changes_fewer_than_1_percent_of_the_tumor(tumor_block, default_card, tmp_path):
+    """bf16 autocast (used on CPUs with native bf16) against fp32: the default model on the middle 40 axial slices of
+    the sample cut around its tumor (a CPU without native bf16 emulates it, nine times slower than fp32).
+    Measured: 110 of 55 818 voxels change."""
+    middle = read_image(next(tumor_block.glob("*_t1ce.nii.gz"))).GetSize()[2] // 2
+    slab = copy_cropped(tumor_block, tmp_path / tumor_block.name, (slice(None), slice(None), slice(middle - 20, middle + 20)))
+    case = resolve_inputs(slab)
     fp32 = segment_case(case, default_card, device="cpu", precision="fp32")
     bf16 = segment_case(case, default_card, device="cpu", precision="bf16")
     changed = np.count_nonzero(bf16 != fp32) / np.count_nonzero((bf16 > 0) | (fp32 > 0))
