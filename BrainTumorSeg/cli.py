@@ -170,11 +170,9 @@ def run_options(args: argparse.Namespace, cards: list[ModelCard], members: list[
     for flag, value in (("--window", args.window), ("--overlap", args.overlap)):
         if value is not None and "window" not in modes:
             raise InputError(flag, "applies to window mode only, and no model here runs in it (add --mode window)")
-    from .device import emulated_precision_warning, resolve_device
+    from .device import resolve_device, warn_if_emulated
 
-    warning = emulated_precision_warning(resolve_device(args.device), args.precision)
-    if warning:
-        log.warning(warning)
+    warn_if_emulated(resolve_device(args.device), args.precision)
     return RunOptions(args.device, args.precision, inference, clean_up, args.probabilities)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -27,15 +28,17 @@ def cpu_has_bf16() -> bool:
     return cpu_has_native("bf16")
 
 
-def emulated_precision_warning(device: torch.device, precision: str) -> str | None:
-    """A warning when ``precision`` asks the CPU for a half precision it has no instructions for, else None."""
+def warn_if_emulated(device: torch.device, precision: str) -> None:
+    """Log a warning when ``precision`` asks the CPU for a half precision it has no instructions for."""
     if device.type != "cpu" or precision not in ("bf16", "fp16"):
-        return None
+        return
     if cpu_has_bf16() if precision == "bf16" else cpu_has_native("fp16"):
-        return None
-    return (
-        f"--precision {precision}: this CPU has no native {precision}, so PyTorch emulates it, several times slower "
-        "than fp32 (bf16 took 9x as long on an AVX2 CPU); --precision auto runs fp32 here"
+        return
+    logging.getLogger(__name__).warning(
+        "--precision %s: this CPU has no native %s, so PyTorch emulates it, several times slower than fp32 (bf16 took "
+        "9x as long on an AVX2 CPU); --precision auto runs fp32 here",
+        precision,
+        precision,
     )
 
 

@@ -10,7 +10,6 @@ one the card's clean-up, so a slow model (a Havaei cascade: 25 min per pass) nee
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from .case import read_truth, resolve_inputs, truth_file
-from .device import autocast_dtype, emulated_precision_warning, precision_name
+from .device import autocast_dtype, precision_name, warn_if_emulated
 from .errors import InputError
 from .fp16_check import NOT_NEEDED, is_deferred, resolve, weights_dtype
 from .metrics import mean_region_dice, region_dice
@@ -169,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(ids) > 1 and (args.write or args.choose_postprocess):
         parser.error("--write and --choose-postprocess store into one model's card: give one --model")
     compare = args.compare_postprocess or args.choose_postprocess
-    warning = emulated_precision_warning(torch.device("cpu"), args.precision)  # validate runs on the CPU
-    if warning:
-        logging.getLogger(__name__).warning(warning)
+    warn_if_emulated(torch.device("cpu"), args.precision)  # validate runs on the CPU
     try:
         cards = [get_model(model_id, args.models_dir) for model_id in ids]
         check_fp16 = args.write and is_deferred(cards[0].validation)

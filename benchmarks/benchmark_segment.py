@@ -67,27 +67,22 @@ class CliRun:
 
 def time_cli(model: str | None, out: Path) -> CliRun:
     """One new ``brain-tumor-seg segment --sample`` process of ``model`` (default: the default model)."""
-    command = [sys.executable, "-m", "BrainTumorSeg.cli", "segment", "--sample", "--out", str(out), "--progress", "json"]
-    command += ["--model", model] if model else []
+    arguments = ["segment", "--sample", "--out", str(out), "--progress", "json"] + (["--model", model] if model else [])
+    lines, whole, peak_gb = run_cli(arguments)
+    return CliRun(whole, peak_gb, json.loads(lines[-1])["dice"])
+
+
+def run_cli(arguments: list[str]) -> tuple[list[str], float, float]:
+    """One new ``brain-tumor-seg`` process run with ``arguments``: its stdout lines, wall seconds, and peak RSS (GB)."""
+    command = [sys.executable, "-m", "BrainTumorSeg.cli", *arguments]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines = process.stdout.read().splitlines()
     _, status, usage = os.wait4(process.pid, 0)  # this process's own peak RSS
-    whole = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{model or 'default model'}: segment exited with {process.returncode}")
-    return CliRun(whole, usage.ru_maxrss / 1024**2, json.loads(lines[-1])["dice"])
-
-
-def peak_rss_gb(arguments: list[str]) -> float:
-    """Peak RSS (GB) of one new ``brain-tumor-seg`` process run with ``arguments``."""
-    command = [sys.executable, "-m", "BrainTumorSeg.cli", *arguments]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"brain-tumor-seg {' '.join(arguments)} exited with {os.waitstatus_to_exitcode(status)}")
-    return usage.ru_maxrss / 1024**2
+    return lines, seconds, usage.ru_maxrss / 1024**2
 
 
 def fine_grid_sample(folder: Path, spacing: tuple[float, float, float] = (0.5, 0.5, 1.0)) -> Path:
@@ -282,7 +277,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         case = fine_grid_sample(Path(tmp))
         arguments = ["segment", "--input", str(case), "--out", str(Path(tmp) / "out"), "--probabilities"]
-        fine = peak_rss_gb(arguments + (["--model", args.model] if args.model else []))
+        _, _, fine = run_cli(arguments + (["--model", args.model] if args.model else []))
     print(f"peak RSS with --probabilities, the sample at 0.5 x 0.5 x 1 mm (480 x 480 x 155): {fine:.2f} GB")
     dense, patches, same, labels = twopath_dense_vs_patches(volume, truth)
     print(
